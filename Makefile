@@ -36,10 +36,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 # System packages: Chromium for the browser test, Node/npm to vendor the JS, CJK fonts so the
 # Chinese prose renders in screenshots. Installed with apt when missing (needs root).
-SYS_PKGS := chromium fonts-noto-cjk nodejs npm
+SYS_PKGS := chromium fonts-noto-cjk
 sysdeps:
 	@missing=""; \
 	for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \

@@ -31,6 +31,42 @@ def _copy_widget_fonts(app, exception) -> None:
             shutil.copy2(font, target / font.name)
 
 
+# ipywidgets' embed manager typesets widget labels with the MathJax 2 call
+# ``MathJax.Hub.Queue(["Typeset", MathJax.Hub, element])``; the book loads MathJax 3, which has no
+# ``Hub``. Bridge the one call to MathJax 3's ``typesetPromise``: a stub before MathJax loads
+# (MathJax 3 turns the pre-existing object into its config), the bridge once it is ready.
+MATHJAX2_BRIDGE = """
+window.MathJax = window.MathJax || {};
+(function () {
+  var pending = [];
+  function bridge() {
+    return {Queue: function (job) {
+      var el = Array.isArray(job) ? job[2] : undefined;
+      if (window.MathJax.typesetPromise) { window.MathJax.typesetPromise(el ? [el] : undefined); }
+      else { pending.push(el); }
+    }};
+  }
+  window.MathJax.Hub = bridge();
+  window.MathJax.startup = Object.assign(window.MathJax.startup || {}, {
+    ready: function () {
+      window.MathJax.startup.defaultReady();
+      window.MathJax.Hub = bridge();
+      pending.forEach(function (el) { window.MathJax.typesetPromise(el ? [el] : undefined); });
+      pending = [];
+    }
+  });
+})();
+"""
+
+
+def _add_mathjax2_bridge(app, pagename, templatename, context, doctree) -> None:
+    # Runs after sphinx.ext.mathjax's handler; priority 501 puts it after the MathJax
+    # config script (500); the MathJax script is deferred, so this still runs before it.
+    if app.builder.format == "html":
+        app.add_js_file(None, body=MATHJAX2_BRIDGE, priority=501)
+
+
 def setup(app):
     app.connect("build-finished", _copy_widget_fonts)
+    app.connect("html-page-context", _add_mathjax2_bridge, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
