@@ -11,8 +11,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENDOR := vendor/static/_vendor
 NB_TIMEOUT ?= 600
-# Chapters are the .md files under book/NN_*/ that hold code cells; each has an .ipynb pair.
-CHAPTERS := $(shell grep -l '{code-cell}' book/[0-9][0-9]_*/*.md 2>/dev/null)
+# Chapters are the .md files under book/*/ that hold code cells; each has an .ipynb pair.
+CHAPTERS := $(shell grep -l '{code-cell}' book/*/*.md 2>/dev/null)
 NOTEBOOKS := $(CHAPTERS:.md=.ipynb)
 # Single-threaded BLAS keeps chapter outputs identical from run to run and machine to machine.
 export OMP_NUM_THREADS ?= 1
@@ -71,7 +71,7 @@ notebooks: $(STAMP)
 	  nb=$${md%.md}.ipynb; \
 	  echo "== $$md"; \
 	  $(BIN)/jupytext --quiet --to ipynb --update "$$md" -o "$$nb" || exit 1; \
-	  $(BIN)/jupyter execute --inplace --timeout=$(NB_TIMEOUT) "$$nb" 2>&1 | grep -v '^\[NbClientApp\]' ; \
+	  $(BIN)/jupyter execute --inplace --timeout=$(NB_TIMEOUT) "$$nb" 2>&1 | grep -v -E '^\[(NbClientApp|IPKernelApp)\]' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	  $(BIN)/python book/_ext/notebooks.py normalize "$$nb" || exit 1; \
 	done

@@ -1,4 +1,4 @@
-"""Chapter pairs: each ``book/NN_*/name.md`` (MyST, the source) has an executed ``name.ipynb``.
+"""Chapter pairs: each ``book/<folder>/name.md`` (MyST, the source) has an executed ``name.ipynb``.
 
 Used by ``make notebooks`` (``python book/_ext/notebooks.py normalize NB...``) and by
 ``tests/book/test_pairs.py`` (``pair_problems``).
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def chapter_sources(root: Path = ROOT) -> list[Path]:
-    """Every chapter source: a MyST ``.md`` under ``book/NN_*/`` that holds code cells."""
-    return sorted(p for p in root.glob("book/[0-9][0-9]_*/*.md") if "{code-cell}" in p.read_text("utf-8"))
+    """Every chapter source: a MyST ``.md`` under ``book/*/`` that holds code cells."""
+    return sorted(p for p in root.glob("book/*/*.md") if "{code-cell}" in p.read_text("utf-8"))
 
 
 def _cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:

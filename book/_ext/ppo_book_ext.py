@@ -66,7 +66,17 @@ def _add_mathjax2_bridge(app, pagename, templatename, context, doctree) -> None:
         app.add_js_file(None, body=MATHJAX2_BRIDGE, priority=501)
 
 
+def _exclude_paired_sources(app, config) -> None:
+    """Render each chapter from its executed ``.ipynb``: exclude the paired jupytext ``.md``."""
+    srcdir = Path(app.srcdir)
+    for ipynb in (srcdir / "book").rglob("*.ipynb"):
+        md = ipynb.with_suffix(".md")
+        if md.exists() and ".ipynb_checkpoints" not in ipynb.parts:
+            config.exclude_patterns.append(str(md.relative_to(srcdir)))
+
+
 def setup(app):
+    app.connect("config-inited", _exclude_paired_sources)
     app.connect("build-finished", _copy_widget_fonts)
     app.connect("html-page-context", _add_mathjax2_bridge, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
