@@ -6,5 +6,6 @@ derives it. The core API (chapters 1–4) is pure tensor math and is re-exported
 
 __version__ = "0.1.0"
 
-# --- core API re-exports (chapters 1–4) ---------------------------------------------------
-# (filled in by ppo_lab/core; keep this list in sync with ppo_lab/core/__init__.py)
+# --- core API re-exports (chapters 1–4): exactly ppo_lab.core.__all__ ----------------------
+from ppo_lab.core import *  # noqa: E402,F403
+from ppo_lab.core import __all__  # noqa: E402

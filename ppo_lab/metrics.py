@@ -1,0 +1,139 @@
+"""Log keys, defined once: what each metric means and the range a healthy run stays in.
+
+Both trainers (§5 CartPole, §7 RLHF) log only keys defined here, and the appendix's metrics
+glossary is generated from ``METRICS`` (``markdown_table``). Healthy ranges are rules of
+thumb from the cited sources, not guarantees: a value outside one is a reason to look, and
+``unhealthy`` says what it usually means. ``None`` bounds are open; a metric whose scale is
+task-dependent (returns, losses, entropy) has no range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the log key, "<group>/<name>"
+    name_zh: str  # the book's term (GLOSSARY.md)
+    description: str  # what is measured, in one English sentence
+    low: float | None = None  # healthy range [low, high]; None = open
+    high: float | None = None
+    outside: str = ""  # what a value outside [low, high] usually means
+    source: str = ""  # where the range comes from
+
+    @property
+    def has_range(self) -> bool:
+        return self.low is not None or self.high is not None
+
+    def is_healthy(self, value: float) -> bool | None:
+        """True inside [low, high], False outside or non-finite, None where there is no range."""
+        if not self.has_range:
+            return None
+        if not math.isfinite(value):
+            return False
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+_ALL = (
+    Metric("loss/total", "总损失", "The minimised PPO loss: policy_loss + vf_coef·value_loss − ent_coef·entropy (eq. 3.4)."),
+    Metric("policy/loss", "策略损失", "−L^CLIP, the clipped surrogate loss of the minibatch (eq. 3.1)."),
+    Metric(
+        "policy/entropy", "熵", "Mean entropy of the policy's action (token) distribution, in nats (eq. 3.3).",
+        outside="A fast fall to ~0 early in training means premature collapse to a deterministic policy.",
+    ),
+    Metric(
+        "policy/clip_fraction", "裁剪比例", "Fraction of kept samples with |ratio − 1| > clip_eps (CleanRL's definition).",
+        low=0.0, high=0.3,
+        outside="Above ~0.3 each update moves the policy too far: lower the learning rate or ppo_epochs.",
+        source="CleanRL PPO docs (clipfrac); Engstrom et al. 2020",
+    ),
+    Metric(
+        "policy/approx_kl", "近似 KL", "Masked mean of (ratio − 1) − log ratio: k3 estimate of KL(π_old‖π_θ).",
+        low=0.0, high=0.05,
+        outside="Above ~0.05 the update leaves the trust region (CleanRL/SB3 early-stop at target_kl ≈ 0.01–0.05); < 0 is impossible for k3 and means a bug.",
+        source="CleanRL target_kl; SB3 target_kl",
+    ),
+    Metric("value/loss", "价值损失", "½·mean of the (clipped) squared error of the value function (eq. 3.2)."),
+    Metric(
+        "value/clip_fraction", "价值裁剪比例", "Fraction of kept samples with |v − v_old| > vf_clip_eps.",
+        outside="Depends on the return scale; near 1 the value clip blocks learning (raise vf_clip_eps or normalise returns).",
+    ),
+    Metric(
+        "value/explained_variance", "解释方差", "1 − Var[returns − values] / Var[returns] over the rollout.",
+        low=0.0, high=1.0,
+        outside="Below 0 the value function predicts worse than a constant: GAE then adds noise, not signal.",
+        source="SB3 explained_variance; CleanRL PPO docs",
+    ),
+    Metric(
+        "objective/kl", "KL 散度", "Batch mean of each response's KL(π‖π_ref) summed over its tokens, in nats.",
+        low=0.0,
+        outside="A negative k1 batch mean means the sampled tokens do not come from π (sampling/logprob mismatch).",
+        source="TRL PPO trainer (warns on negative KL)",
+    ),
+    Metric("objective/kl_coef", "KL 惩罚系数", "The KL coefficient β in use (adaptive or fixed controller)."),
+    Metric("objective/scores", "奖励模型得分", "Mean reward-model score r_φ of the batch's responses (before the KL penalty)."),
+    Metric("objective/rlhf_reward", "RLHF 奖励", "Mean of score − β·KL per response: the quantity PPO-RLHF maximises."),
+    Metric(
+        "objective/gold_reward", "金标准奖励", "Mean gold reward r* of the batch's responses (synthetic task only).",
+        outside="Falling while objective/scores rises is reward over-optimisation.",
+        source="Gao et al. 2023, Scaling Laws for Reward Model Overoptimization",
+    ),
+    Metric("env/episodic_return", "回合回报", "Undiscounted return of the episodes that finished in the rollout."),
+    Metric("env/episode_length", "回合长度", "Length in steps of the episodes that finished in the rollout."),
+    Metric("optim/grad_norm", "梯度范数", "Global L2 norm of the gradient before clipping."),
+    Metric("optim/learning_rate", "学习率", "The optimizer's learning rate at this update."),
+)
+
+METRICS: dict[str, Metric] = {m.key: m for m in _ALL}
+
+# ppo_lab.core.ppo_loss stats → log keys
+_LOSS_KEYS = {
+    "loss": "loss/total",
+    "policy_loss": "policy/loss",
+    "entropy": "policy/entropy",
+    "clip_fraction": "policy/clip_fraction",
+    "approx_kl": "policy/approx_kl",
+    "value_loss": "value/loss",
+    "value_clip_fraction": "value/clip_fraction",
+}
+
+
+def check_keys(record: dict[str, float]) -> dict[str, float]:
+    """Return ``record`` unchanged if every key is defined in ``METRICS``; else ``KeyError``."""
+    unknown = sorted(set(record) - METRICS.keys())
+    if unknown:
+        raise KeyError(f"undefined log keys {unknown}: define them in ppo_lab/metrics.py first")
+    return record
+
+
+def loss_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """The stats of ``ppo_lab.core.ppo_loss`` under their log keys."""
+    unknown = sorted(set(stats) - _LOSS_KEYS.keys())
+    if unknown:
+        raise KeyError(f"stats: no log key for {unknown}")
+    return {_LOSS_KEYS[name]: value for name, value in stats.items()}
+
+
+def unhealthy(record: dict[str, float]) -> dict[str, str]:
+    """``{key: reason}`` for each logged value outside its healthy range."""
+    out = {}
+    for key, value in check_keys(record).items():
+        metric = METRICS[key]
+        if metric.is_healthy(value) is False:
+            out[key] = f"{value:.4g} outside [{metric.low}, {metric.high}]: {metric.outside}"
+    return out
+
+
+def markdown_table() -> str:
+    """The appendix's metrics glossary: one row per metric, in definition order."""
+
+    def bound(x):
+        return "" if x is None else f"{x:g}"
+
+    rows = ["| key | 术语 | meaning | healthy | outside the range | source |", "|---|---|---|---|---|---|"]
+    for m in _ALL:
+        healthy = f"[{bound(m.low) or '−∞'}, {bound(m.high) or '∞'}]" if m.has_range else "task-dependent"
+        rows.append(f"| `{m.key}` | {m.name_zh} | {m.description} | {healthy} | {m.outside} | {m.source} |")
+    return "\n".join(rows)

@@ -1,0 +1,348 @@
+"""PPO for gymnasium tasks, §5: the algorithm box as one readable loop.
+
+    for update = 1, 2, …:
+      1. roll out π_θold for T steps in N parallel envs           (rollout.collect_rollout)
+      2. compute advantages Â_t with GAE(γ, λ) and returns        (core.gae_advantages)
+      3. for K epochs, for each minibatch of the T·N transitions:
+           minimise L^{CLIP+VF+S} = policy_loss + c₁·value_loss − c₂·entropy  (core.ppo_loss)
+           with normalised advantages, clipped gradients, and an early stop on KL
+      4. anneal the learning rate (and ε); log; checkpoint
+
+Every switch the chapter ablates is a field of :class:`PPOConfig`. Implementation details are
+numbered as in the book's checklist after Huang et al. 2022, "The 37 Implementation Details of
+Proximal Policy Optimization" (ICLR blog track); the loss itself is shared with the LLM trainer.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ppo_lab import metrics
+from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, seed_everything,
+                                set_rng_state)
+from ppo_lab.config import ConfigBase, check_field, derive_batch_sizes
+from ppo_lab.core import gae_advantages, masked_whiten, ppo_loss
+from ppo_lab.core.masked import explained_variance
+from ppo_lab.toy.networks import ActorCritic
+from ppo_lab.toy.rollout import (RolloutBatch, VectorizationMode, collect_rollout,
+                                 load_vector_env_state, make_vector_env, reset_rollout_state,
+                                 vector_env_state)
+
+__all__ = ["PRESETS", "PPOConfig", "TrainResult", "train"]
+
+# clip(ρ, 1 − ε, 1 + ε) = ρ for every ratio a run can reach, so L^CLIP becomes L^CPI (eq. 2.2).
+NO_CLIP = 1e9
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class PPOConfig(ConfigBase):
+    """PPO on a gymnasium task. Every field is a flag of ``ppo-lab train``."""
+
+    env_id: str = "CartPole-v1"
+    """Gymnasium environment id."""
+    seed: int = 1
+    """Seeds torch, numpy, Python and the envs (sub-env i gets seed + i)."""
+    total_timesteps: int = 100_000
+    """Env steps to train for (N per vector step, autoreset steps included)."""
+    num_envs: int = 8
+    """N: parallel sub-environments."""
+    num_steps: int = 128
+    """T: steps per sub-env per rollout; batch_size = num_envs * num_steps."""
+    num_minibatches: int = 4
+    """Minibatches per epoch; must divide batch_size."""
+    ppo_epochs: int = 4
+    """K: passes over each rollout."""
+    learning_rate: float = 2.5e-4
+    """Adam step size (the start value when annealed)."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over training (detail 4)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (detail 3: 1e-5 as in the original PPO code, not torch's 1e-8)."""
+    gamma: float = 0.99
+    """γ: discount factor."""
+    gae_lambda: float = 0.95
+    """λ: GAE bias–variance trade-off (0 = one-step TD, 1 = Monte-Carlo return)."""
+    clip_eps: float | None = 0.2
+    """ε: policy ratio clip range; None turns clipping off (plain L^CPI)."""
+    anneal_clip: bool = False
+    """Decay clip_eps linearly to 0 along with the learning rate (SB3's "lin_" clip ranges)."""
+    vf_clip_eps: float | None = None
+    """ε_v: value clipping around the old values (detail 9); None turns it off."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch over real transitions (detail 7)."""
+    ent_coef: float = 0.0
+    """c₂: entropy bonus coefficient (detail 10)."""
+    vf_coef: float = 0.5
+    """c₁: value loss coefficient; the value loss is ½·mean((V − R)²)."""
+    max_grad_norm: float | None = 0.5
+    """Clip the global gradient norm to this (detail 11); None turns it off."""
+    target_kl: float | None = None
+    """Stop the epochs early once a minibatch's approx KL(π_old‖π_θ) exceeds this; None = never."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Widths of the tanh hidden layers of each MLP."""
+    shared_trunk: bool = False
+    """One trunk for policy and value instead of two separate MLPs."""
+    init_log_std: float = 0.0
+    """Initial log σ of the Gaussian policy (continuous actions only)."""
+    normalize_obs: bool = False
+    """Normalise observations by their running mean and std (detail 5)."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return (detail 6)."""
+    vectorization_mode: VectorizationMode = "auto"
+    """How sub-envs are stepped: auto (the env's numpy-vectorised version if any, else sync)."""
+    device: str = "cpu"
+    """torch device for the networks and the update, e.g. cpu or cuda."""
+    torch_threads: int = 1
+    """torch intra-op threads (1 is fastest for these small MLPs); 0 leaves torch's default."""
+    run_dir: str | None = None
+    """Directory for checkpoints (and, from the CLI, metrics and plots)."""
+    checkpoint_every: int = 0
+    """Write run_dir/checkpoint.pt every this many updates and at the end; 0 = never."""
+    resume: bool = False
+    """Continue from run_dir/checkpoint.pt if it exists (bit-exact on CPU)."""
+
+    def validate(self) -> None:
+        self._positive_int("total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                           "ppo_epochs")
+        self._non_negative_int("seed", "torch_threads", "checkpoint_every")
+        self._number("learning_rate", low=0.0, low_open=True)
+        self._number("adam_eps", low=0.0, low_open=True)
+        self._number("gamma", low=0.0, high=1.0)
+        self._number("gae_lambda", low=0.0, high=1.0)
+        for name in ("clip_eps", "vf_clip_eps", "max_grad_norm", "target_kl"):
+            self._number(name, low=0.0, low_open=True, optional=True)
+        self._number("ent_coef", low=0.0)
+        self._number("vf_coef", low=0.0)
+        self._number("init_log_std")
+        check_field(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
+                    "hidden_sizes", f"needs positive widths, got {self.hidden_sizes}")
+        check_field(self.run_dir is not None or not (self.checkpoint_every or self.resume),
+                    "run_dir", "is needed for checkpoint_every > 0 or resume")
+        derive_batch_sizes(num_envs=self.num_envs, num_steps=self.num_steps,
+                           num_minibatches=self.num_minibatches,
+                           total_timesteps=self.total_timesteps)
+
+
+# Fields a resumed run may change without changing the result (on CPU).
+_RESUMABLE = {"run_dir", "checkpoint_every", "resume", "device", "torch_threads"}
+
+PRESETS: dict[str, tuple[str, PPOConfig]] = {
+    "cartpole": ("CartPole-v1, tuned for wall-clock time on one CPU thread", PPOConfig(
+        env_id="CartPole-v1", total_timesteps=100_000, num_envs=16, num_steps=32,
+        num_minibatches=2, ppo_epochs=4, learning_rate=3e-3, gamma=0.98, gae_lambda=0.8,
+        anneal_clip=False)),
+    "cartpole-zoo": ("CartPole-v1 with the rl-baselines3-zoo hyperparameters of SB3's PPO",
+                     PPOConfig(
+        # rl-zoo hyperparams/ppo.yml: n_envs 8, n_steps 32, batch_size 256, n_epochs 20,
+        # gamma 0.98, gae_lambda 0.8, lin_1e-3, lin_0.2, ent_coef 0; SB3 defaults otherwise.
+        # SB3's value loss is mean((V − R)²) with vf_coef 0.5; ours carries ½, hence 1.0.
+        env_id="CartPole-v1", total_timesteps=200_000, num_envs=8, num_steps=32,
+        num_minibatches=1, ppo_epochs=20, learning_rate=1e-3, gamma=0.98, gae_lambda=0.8,
+        clip_eps=0.2, anneal_clip=True, ent_coef=0.0, vf_coef=1.0, max_grad_norm=0.5)),
+    "pendulum": ("Pendulum-v1 (continuous torque), normalised observations and rewards",
+                 PPOConfig(
+        env_id="Pendulum-v1", total_timesteps=300_000, num_envs=4, num_steps=512,
+        num_minibatches=32, ppo_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95,
+        normalize_obs=True, normalize_reward=True)),
+}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (and the CLI writes to the run directory)."""
+
+    agent: ActorCritic
+    config: PPOConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One row of metrics per update (keys from ``ppo_lab.metrics``)."""
+    episodes: list[dict[str, float]] = field(default_factory=list)
+    """Every finished episode: global_step, time (s since start), return, length."""
+
+
+def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
+    """Train PPO as configured; ``progress`` shows a tqdm bar (stderr). Deterministic on CPU."""
+    start_time = time.perf_counter()
+    sizes = derive_batch_sizes(num_envs=config.num_envs, num_steps=config.num_steps,
+                               num_minibatches=config.num_minibatches,
+                               total_timesteps=config.total_timesteps)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    seed_everything(config.seed)
+    device = torch.device(config.device)
+
+    # 0. The vector env, the actor-critic, Adam and the linear LR schedule (detail 4).
+    envs = make_vector_env(config.env_id, config.num_envs,
+                           vectorization_mode=config.vectorization_mode,
+                           normalize_obs=config.normalize_obs,
+                           normalize_reward=config.normalize_reward, gamma=config.gamma)
+    agent = ActorCritic.for_spaces(envs.single_observation_space, envs.single_action_space,
+                                   hidden_sizes=config.hidden_sizes,
+                                   shared_trunk=config.shared_trunk,
+                                   init_log_std=config.init_log_std).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=config.adam_eps,
+                                 fused=True)  # one kernel per step instead of ~10 per tensor
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: 1.0 - k / sizes.num_updates if config.anneal_lr else 1.0)
+    state = reset_rollout_state(envs, config.seed, device)
+    result = TrainResult(agent, config)
+    first_update = 0
+    checkpoint_path = Path(config.run_dir or ".") / CHECKPOINT_NAME
+    if config.resume and checkpoint_path.exists():
+        first_update, elapsed = _restore(checkpoint_path, config, agent, optimizer, scheduler,
+                                         envs, state, result)
+        start_time -= elapsed
+    bar = tqdm(total=sizes.num_updates * sizes.batch_size, initial=state.global_step,
+               unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    for update in range(first_update, sizes.num_updates):
+        update_start, step_start = time.perf_counter(), state.global_step
+        frac = 1.0 - update / sizes.num_updates  # 1 → 1/num_updates
+        clip_eps = NO_CLIP if config.clip_eps is None else config.clip_eps
+        if config.anneal_clip and config.clip_eps is not None:
+            clip_eps *= frac
+
+        # 1. Roll out π_θold: T steps in each of the N envs. Ghost (autoreset) steps get mask False.
+        batch = collect_rollout(envs, agent, state, config.num_steps)
+
+        # 2. GAE(γ, λ) and returns, eqs. (4.1)–(4.3): bootstrap through truncations, not
+        #    through terminations, and never across an episode end (detail 5 of §4).
+        advantages, returns = gae_advantages(
+            rewards=batch.rewards, values=batch.values, next_values=batch.next_values,
+            terminated=batch.terminated, episode_ends=batch.episode_ends,
+            gamma=config.gamma, gae_lambda=config.gae_lambda)  # [T, N] each
+
+        # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, eq. (3.4).
+        lr = optimizer.param_groups[0]["lr"]
+        stats, epochs_done = _optimise(agent, optimizer, batch, advantages, returns, config,
+                                       sizes.minibatch_size, clip_eps)
+
+        # 4. Anneal the learning rate, log, checkpoint.
+        scheduler.step()
+        now = time.perf_counter()
+        for step, ret, length in zip(batch.episode_steps, batch.episode_returns,
+                                     batch.episode_lengths):
+            result.episodes.append({"global_step": step, "time": now - start_time,
+                                    "return": ret, "length": length})
+        result.history.append({
+            "update": update + 1, "global_step": state.global_step, "time": now - start_time,
+            "sps": (state.global_step - step_start) / (now - update_start),
+            "clip_eps": config.clip_eps and clip_eps, "epochs": epochs_done,
+            **metrics.check_keys({
+                "env/episodic_return": _mean_or_none(batch.episode_returns),
+                "env/episode_length": _mean_or_none(batch.episode_lengths),
+                "value/explained_variance": _mean_or_none(
+                    [float(explained_variance(batch.values, returns, mask=batch.mask))]),
+                "optim/learning_rate": lr,
+                **stats,
+            }),
+        })
+        bar.update(state.global_step - bar.n)
+        if result.episodes:
+            bar.set_postfix(ret=f"{result.episodes[-1]['return']:.1f}", refresh=False)
+        if config.checkpoint_every and ((update + 1) % config.checkpoint_every == 0
+                                        or update + 1 == sizes.num_updates):
+            _save(checkpoint_path, update + 1, now - start_time, config, agent, optimizer,
+                  scheduler, envs, state, result)
+    bar.close()
+    envs.close()
+    return result
+
+
+def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
+              advantages: torch.Tensor, returns: torch.Tensor, config: PPOConfig,
+              minibatch_size: int, clip_eps: float) -> tuple[dict[str, float], int]:
+    """Stage 3: ``ppo_epochs`` passes of shuffled minibatches.
+
+    Returns the mean loss statistics and the number of epochs completed (fewer than
+    ``ppo_epochs`` after an early stop on KL).
+    """
+    # Flatten [T, N] → [T·N] (after GAE, transitions are independent samples) and keep only real
+    # transitions: ghost (autoreset) steps are dropped from every minibatch, hence every mean.
+    real = batch.mask.flatten().nonzero().squeeze(1)  # [M], M ≤ T·N
+    obs, actions = batch.obs.flatten(0, 1)[real], batch.actions.flatten(0, 1)[real]
+    old_logprobs, old_values = batch.logprobs.flatten()[real], batch.values.flatten()[real]
+    advantages, returns = advantages.flatten()[real], returns.flatten()[real]
+    totals: dict[str, float] = defaultdict(float)
+    num_minibatches, epochs_done = 0, 0
+    for _epoch in range(config.ppo_epochs):
+        for idx in torch.randperm(len(real), device=real.device).split(minibatch_size):
+            if len(idx) < 2:  # a leftover of one transition has no variance to whiten with
+                continue
+            # The entropy term is only built when it is in the loss; it is logged below.
+            logprobs, entropy, values = agent.evaluate(obs[idx], actions[idx],
+                                                       entropy=config.ent_coef > 0)
+            mb_advantages = advantages[idx]
+            if config.norm_adv:  # detail 7: per-minibatch normalisation (Andrychowicz et al. 2021)
+                mb_advantages = masked_whiten(mb_advantages, None)
+            loss, stats = ppo_loss(
+                logprobs=logprobs, old_logprobs=old_logprobs[idx], advantages=mb_advantages,
+                values=values, old_values=old_values[idx], returns=returns[idx], entropy=entropy,
+                clip_eps=clip_eps, vf_clip_eps=config.vf_clip_eps, vf_coef=config.vf_coef,
+                ent_coef=config.ent_coef)
+            # Early stop (SB3's target_kl): the policy already moved too far from π_old, so
+            # this step — and the rest of the update — is skipped.
+            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
+                return _mean_stats(totals, num_minibatches), epochs_done
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # detail 11: clip the global gradient norm (inf = measure it only)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                agent.parameters(), config.max_grad_norm or math.inf)
+            optimizer.step()
+            for key, value in stats.items():
+                totals[key] += value
+            totals["grad_norm"] += float(grad_norm)
+            num_minibatches += 1
+        epochs_done += 1
+    return _mean_stats(totals, num_minibatches), epochs_done
+
+
+def _mean_stats(totals: dict[str, float], num_minibatches: int) -> dict[str, float]:
+    """Means over the minibatches that took a step, under their log keys."""
+    means = {k: v / max(num_minibatches, 1) for k, v in totals.items()}
+    return {"optim/grad_norm": means.pop("grad_norm", 0.0), **metrics.loss_metrics(means)}
+
+
+def _mean_or_none(xs: list[float]) -> float | None:
+    """Mean, or None (empty in the CSV, null in the JSON) where there is nothing to average."""
+    mean = sum(xs) / len(xs) if xs else math.nan
+    return mean if math.isfinite(mean) else None
+
+
+def _save(path, update, elapsed, config, agent, optimizer, scheduler, envs, state, result):
+    save_checkpoint(path, {
+        "update": update, "elapsed": elapsed, "config": config.to_dict(),
+        "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": get_rng_state(),
+        "env": vector_env_state(envs),
+        "rollout": {"obs": state.obs, "ghost": state.ghost, "global_step": state.global_step},
+        "history": result.history, "episodes": result.episodes,
+    })
+
+
+def _restore(path, config, agent, optimizer, scheduler, envs, state, result) -> tuple[int, float]:
+    ckpt = load_checkpoint(path, map_location=state.obs.device)
+    saved, current = ckpt["config"], config.to_dict()
+    for f in fields(config):
+        if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
+            raise ValueError(f"{f.name}: checkpoint {path} was written with "
+                             f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
+    agent.load_state_dict(ckpt["agent"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    load_vector_env_state(envs, ckpt["env"])
+    set_rng_state(ckpt["rng"])
+    state.obs, state.ghost = ckpt["rollout"]["obs"], ckpt["rollout"]["ghost"]
+    state.global_step = ckpt["rollout"]["global_step"]
+    result.history[:], result.episodes[:] = ckpt["history"], ckpt["episodes"]
+    return ckpt["update"], ckpt["elapsed"]
