@@ -44,7 +44,10 @@ def command() -> str:
 
 
 def time_call(fn, *, sync=lambda: None, min_time_s: float = 0.2, max_repeats: int = 200) -> dict[str, float]:
-    """Median and interquartile range (ms) of ``fn()`` after one warm-up call.
+    """Best (minimum), median and interquartile range (ms) of ``fn()`` after one warm-up call.
+
+    The minimum is the least disturbed by other load on the machine (``timeit``'s advice); the
+    median and IQR show how much that load mattered.
 
     Repeats until ``min_time_s`` of measurements (at least 5 calls) or ``max_repeats``. ``sync``
     (e.g. ``torch.cuda.synchronize``) runs before each clock read so GPU work is counted.
@@ -58,7 +61,8 @@ def time_call(fn, *, sync=lambda: None, min_time_s: float = 0.2, max_repeats: in
         sync()
         times.append(time.perf_counter() - start)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-    return {"median_ms": 1e3 * statistics.median(times), "iqr_ms": 1e3 * (q3 - q1), "repeats": len(times)}
+    return {"min_ms": 1e3 * min(times), "median_ms": 1e3 * statistics.median(times),
+            "iqr_ms": 1e3 * (q3 - q1), "repeats": len(times)}
 
 
 def write(name: str, config: dict, results: list[dict], out: Path | None = None) -> Path:

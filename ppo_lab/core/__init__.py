@@ -4,11 +4,9 @@ No environment, model, optimizer or ``torch.distributed`` in here, and no import
 ``ppo_lab``. Toy-RL tensors are time-major ``[T, N]``; LLM tensors are ``[B, T]`` (transpose to
 call the time-major functions). ``reference`` holds a slow loop twin of every function below.
 
-Equation numbers cited in the docstrings (the chapters label their equations to match):
-(1.3) REINFORCE estimator, (1.4) reward-to-go, (1.5) baseline — ``policy_gradient``, ``returns``;
-(2.1) ratio, (2.2) L^CPI, (2.3) KL estimators k1/k2/k3 — ``importance``, ``kl``;
-(3.1) L^CLIP, (3.2) value clipping, (3.3) entropy, (3.4) L^{CLIP+VF+S} — ``clipping``, ``losses``;
-(4.1) TD residual, (4.2) GAE recursion, (4.3) λ-return — ``gae``; (7.2) adaptive KL — ``kl``.
+Docstrings cite the book's equation labels ("Eq. (3.2)" is ``eq-3-2`` in chapter 3; a test
+checks each exists) and sections ("§4.6" is ``sec-4-6``); chapters 2 and 7, not yet written,
+are cited by section only.
 """
 
 from .clipping import clipped_surrogate_loss, clipped_value_loss

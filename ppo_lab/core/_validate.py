@@ -10,7 +10,7 @@ import math
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)  # lifted to float32 by compute_dtype
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

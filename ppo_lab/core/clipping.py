@@ -1,6 +1,6 @@
-"""Clipping, §3: the clipped surrogate L^CLIP (eq. (3.1)) and value clipping (eq. (3.2)).
+"""Clipping, §3: the clipped surrogate L^CLIP and value clipping.
 
-Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. (7); value clipping as in
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms", their eq. 7; value clipping as in
 OpenAI baselines ``ppo2`` (Engstrom et al. 2020 found it does not help — the book measures it).
 """
 
@@ -20,17 +20,18 @@ def clipped_surrogate_loss(
     clip_eps: float,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. (3.1), §3: ``loss = −mean[min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)]``.
+    """Eq. (3.2), §3.1: ``loss = −mean[min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)]``.
 
     ρ_t ↔ ``ratio`` = exp(``logprobs − old_logprobs``), A_t ↔ ``advantages``, ε ↔ ``clip_eps``.
     Shapes alike, ``[T, N]`` or ``[B, T]``; the mean is over kept elements. ``old_logprobs``
     and ``advantages`` are constants (detached).
 
-    The min is a pessimistic bound: the gradient is 0 exactly where the clipped term is the
-    smaller one (A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε), and −A·ρ·∇log π elsewhere.
-    ``stats["clip_fraction"]``: fraction of kept elements with |ρ − 1| > ε (CleanRL's
-    definition, a superset of the zero-gradient set). ``stats["approx_kl"]``: masked mean of
-    (ρ − 1) − log ρ, the k3 estimate of KL(π_old‖π_θ) from samples of π_old.
+    The min is a pessimistic bound (§3.2): the gradient (Eq. (3.4), §3.3) is 0 exactly where the
+    clipped term is the smaller one (A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε), and
+    −A·ρ·∇log π elsewhere. ``stats["clip_fraction"]`` (Eq. (3.5)): fraction of kept elements
+    with |ρ − 1| > ε (CleanRL's definition, a superset of the zero-gradient set).
+    ``stats["approx_kl"]`` (Eq. (3.6)): masked mean of (ρ − 1) − log ρ, the k3 estimate of
+    KL(π_old‖π_θ) from samples of π_old.
     """
     clip_eps = check.positive(clip_eps, "clip_eps")
     log_ratio, advantages, keep = ratio_terms(logprobs, old_logprobs, advantages, mask)
@@ -50,10 +51,10 @@ def clipped_value_loss(
     clip_eps: float | None,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. (3.2), §3: ``½ · mean[max((v − R)², (v_old + clip(v − v_old, −ε, ε) − R)²)]``.
+    """Eq. (3.8), §3.7: ``½ · mean[max((v − R)², (v_old + clip(v − v_old, −ε, ε) − R)²)]``.
 
     v ↔ ``values``, v_old ↔ ``old_values``, R ↔ ``returns``, ε ↔ ``clip_eps`` (the config
-    field is ``vf_clip_eps``). ``clip_eps=None`` gives the plain ``½ · mean[(v − R)²]``.
+    field is ``vf_clip_eps``). ``clip_eps=None`` gives the plain ``½ · mean[(v − R)²]`` (Eq. (3.7)).
     ``old_values`` and ``returns`` are constants (detached). ``stats["clip_fraction"]``:
     fraction of kept elements with |v − v_old| > ε (0.0 without clipping).
     """

@@ -23,11 +23,11 @@ def gae_advantages(
     gamma: float,
     gae_lambda: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. (4.1)–(4.3), §4. Returns ``(advantages, returns)``, all ``[T, N]`` (or ``[T, ...]``).
+    """Eq. (4.9), §4.5. Returns ``(advantages, returns)``, all ``[T, N]`` (or ``[T, ...]``).
 
-    (4.1) δ_t = r_t + γ (1 − terminated_t) · next_values_t − values_t
-    (4.2) A_t = δ_t + γλ (1 − episode_ends_t) · A_{t+1},  A_T = 0 past the last step
-    (4.3) returns_t = A_t + values_t   (the λ-return, the value target)
+    δ_t = r_t + γ (1 − terminated_t) · next_values_t − values_t   (Eq. (4.2); no bootstrap after a termination)
+    A_t = δ_t + γλ (1 − episode_ends_t) · A_{t+1},  A_T = 0 past the last step   (Eq. (4.6))
+    returns_t = A_t + values_t   (the λ-return G^λ_t of Eq. (4.7), the value target)
 
     Symbols: r_t ↔ ``rewards``, V(s_t) ↔ ``values``, δ_t ↔ ``deltas``, A_t ↔ ``advantages``,
     γ ↔ ``gamma``, λ ↔ ``gae_lambda``; time on dim 0.
@@ -52,6 +52,6 @@ def gae_advantages(
     check.finite(next_values, "next_values", where=~terminated)
 
     next_values = torch.where(terminated, 0, next_values)  # NaN-safe: no bootstrap past the end
-    deltas = rewards + gamma * next_values - values  # (4.1), (T, N)
-    advantages = backward_discounted_sum(deltas, gamma * gae_lambda * (~episode_ends).to(rewards.dtype))  # (4.2)
-    return advantages, advantages + values  # (4.3)
+    deltas = rewards + gamma * next_values - values  # (T, N)
+    advantages = backward_discounted_sum(deltas, gamma * gae_lambda * (~episode_ends).to(rewards.dtype))
+    return advantages, advantages + values

@@ -28,10 +28,10 @@ def ratio_terms(logprobs, old_logprobs, advantages, mask):
 
 @torch.no_grad()
 def approx_kl(log_ratio: torch.Tensor, keep: torch.Tensor | None) -> float:
-    """Masked mean of (ρ − 1) − log ρ: the k3 estimate of KL(π_old‖π_θ) from samples of π_old.
+    """Eq. (3.6), §3.5: masked mean of (ρ − 1) − log ρ, the k3 estimate of KL(π_old‖π_θ).
 
-    With the roles of eq. (2.3) swapped (samples of π_old, d = log π_old − log π_θ = −log ρ),
-    k3 = e^{log ρ} − 1 − log ρ. 0 at dropped positions, where log ρ is 0.
+    It is ``kl_estimate``'s k3 with the roles swapped: samples of π_old, d = log π_old − log π_θ
+    = −log ρ, so k3 = e^{log ρ} − 1 − log ρ. 0 at dropped positions, where log ρ is 0.
     """
     return mean_kept(k3(-log_ratio), keep).item()
 
@@ -42,7 +42,7 @@ def cpi_surrogate_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eqs. (2.1)–(2.2), §2: ``loss = −mean[ρ_t · A_t]`` with ρ_t = exp(logprobs − old_logprobs).
+    """§2: ``loss = −mean[ρ_t · A_t]`` with ρ_t = exp(logprobs − old_logprobs), i.e. −L^CPI.
 
     L^CPI is the first-order (per-step) surrogate: it ignores the shift of the state distribution,
     so it is *not* an identity for J(θ) — that needs the product of per-step ratios

@@ -1,4 +1,4 @@
-"""KL estimators from samples (§2, eq. (2.3)) and the KL-coefficient controllers (§7).
+"""KL estimators from samples (§2) and the KL-coefficient controllers (§7).
 
 Schulman, "Approximating KL Divergence" (2020, http://joschu.net/blog/kl-approx.html) for
 k1/k2/k3; Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", §2.2 for
@@ -21,7 +21,7 @@ def k3(d: torch.Tensor) -> torch.Tensor:
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Eq. (2.3), §2: per-sample estimates of KL(π‖π_ref) from samples a ~ π. Shapes alike → alike.
+    """§2: per-sample estimates of KL(π‖π_ref) from samples a ~ π. Shapes alike → alike.
 
     With d = log π(a) − log π_ref(a) (``logprobs − ref_logprobs``):
       k1 = d             unbiased, can be negative, high variance;
@@ -65,7 +65,7 @@ class FixedKLController(_KLController):
 
 
 class AdaptiveKLController(_KLController):
-    """Eq. (7.2), §7 (Ziegler et al. 2019, §2.2): steer the measured KL towards ``target``.
+    """§7 (Ziegler et al. 2019, §2.2): steer the measured KL towards ``target``.
 
     ``update`` does e = clip(current_kl / target − 1, −0.2, 0.2) and
     β ← β · (1 + e · n_steps / horizon). ``current_kl`` is the batch mean of each sequence's KL

@@ -1,6 +1,6 @@
-"""The full PPO objective L^{CLIP+VF+S}, eq. (3.4), §3 — one function for both trainers.
+"""The full PPO objective L^{CLIP+VF+S}, §3 — one function for both trainers.
 
-Schulman et al. 2017, eq. (9). The CartPole trainer (§5) passes ``[T·N]`` minibatches and no
+Schulman et al. 2017, their eq. 9. The CartPole trainer (§5) passes ``[T·N]`` minibatches and no
 mask; the RLHF trainer (§7) passes ``[B, T]`` tensors and ``mask=response_mask``.
 """
 
@@ -28,12 +28,12 @@ def ppo_loss(
     ent_coef: float = 0.0,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. (3.4), §3: maximise L^CLIP − c₁ L^VF + c₂ S, i.e. minimise
+    """Eqs. (3.11)–(3.12), §3: maximise L^CLIP − c₁ L^VF + c₂ S, i.e. minimise
     ``loss = policy_loss + vf_coef · value_loss − ent_coef · mean(entropy)``.
 
-    ``policy_loss`` is eq. (3.1) (``clipped_surrogate_loss`` with ε ↔ ``clip_eps``),
-    ``value_loss`` eq. (3.2) (``clipped_value_loss`` with ε_v ↔ ``vf_clip_eps``; None = no
-    clipping), ``entropy`` the per-element entropy S (eq. (3.3), e.g. ``entropy_from_logits``);
+    ``policy_loss`` is Eq. (3.2) (``clipped_surrogate_loss`` with ε ↔ ``clip_eps``),
+    ``value_loss`` Eq. (3.8) (``clipped_value_loss`` with ε_v ↔ ``vf_clip_eps``; None = Eq. (3.7)),
+    ``entropy`` the per-element entropy S (Eq. (3.9), e.g. ``entropy_from_logits``);
     c₁ ↔ ``vf_coef``, c₂ ↔ ``ent_coef``. All tensors alike in shape; every mean is over kept
     elements. Keyword-only: ten tensors and numbers are too many to pass by position safely.
 

@@ -12,7 +12,6 @@ import torch
 from . import _validate as check
 from .masked import mean_kept, zero_dropped
 
-_HALF = (torch.float16, torch.bfloat16)
 _CHUNK_ELEMENTS = 1 << 24  # 16-bit logits are lifted to float32 this many elements at a time
 
 
@@ -24,7 +23,7 @@ def _rowwise(fn, logits: torch.Tensor, *per_row: torch.Tensor) -> torch.Tensor:
     same).
     """
     lead = logits.shape[:-1]
-    if logits.dtype not in _HALF:
+    if logits.dtype not in check.HALF:
         return fn(logits, *per_row)
     flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
     rows = max(1, _CHUNK_ELEMENTS // max(1, flat.shape[1]))
@@ -41,13 +40,13 @@ def _check_logits(logits) -> torch.Tensor:
     logits = check.tensor(logits, "logits")
     if not logits.is_floating_point() or logits.dim() == 0 or logits.shape[-1] == 0:
         raise ValueError(f"logits: expected a float tensor [..., V] with V >= 1, got {logits.dtype} {tuple(logits.shape)}")
-    if logits.dtype not in _HALF:
+    if logits.dtype not in check.HALF:
         logits = logits.to(check.compute_dtype(logits))
     return logits
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[..., tokens]``: log π(a|s) ↔ ``logprobs``. §1, §6.
+    """``log softmax(logits)[..., tokens]``: log π(a|s) ↔ ``logprobs``; its gradient is Eq. (1.3), §1.1.
 
     Shapes: ``logits [..., V]``, ``tokens [...]`` (integer) → ``[...]``. 16-bit logits give
     float32 log-probs (float64 stays float64). Computed as ``logits[a] − logsumexp(logits)``,
@@ -72,7 +71,7 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Eq. (3.3), §3: ``S = −Σ_a π(a) log π(a)`` per position ↔ ``entropy``. ``[..., V]`` → ``[...]``.
+    """Eq. (3.9), §3: ``S = −Σ_a π(a) log π(a)`` per position ↔ ``entropy``. ``[..., V]`` → ``[...]``.
 
     Logits of ``-inf`` (masked actions) contribute 0, as in ``torch.distributions.Categorical``.
     16-bit logits give a float32 entropy.
@@ -91,17 +90,18 @@ def reinforce_loss(
     baseline: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eqs. (1.3)/(1.5), §1: ``loss = −mean[(G_t − b(s_t)) · log π(a_t|s_t)]``.
+    """Eq. (1.13), §1.4: ``loss = −mean[(G_t − b(s_t)) · log π(a_t|s_t)]`` over the kept (t, n).
 
-    Its gradient is minus the REINFORCE estimate of ∇_θ J(θ). ``returns`` (G_t: the episode
-    return, or the reward-to-go from ``discounted_returns``) and ``baseline`` (b(s_t)) are
-    treated as constants (detached): a baseline that carries gradient would bias the estimate.
-    Shapes: all alike, ``[T, N]``; the mean is over kept elements. Like most libraries it
-    drops the γ^t factor of the discounted objective (errata 15, taught in §1).
+    Its gradient is minus the REINFORCE estimate of ∇_θ J(θ) (Eq. (1.12) without γ^t).
+    G_t ↔ ``returns`` (the episode return, or the reward-to-go from ``discounted_returns``),
+    b(s_t) ↔ ``baseline`` (§1.5); both are constants (detached): a baseline that carried
+    gradient would bias the estimate. Shapes: all alike, ``[T, N]``. Like most libraries this
+    drops the γ^t factor of the discounted objective (errata 15, §1.6): multiply ``returns`` by
+    γ^t for the unbiased estimator.
     """
     optional = {} if baseline is None else {"baseline": baseline}
-    logprobs, returns, *baseline = check.floats(logprobs=logprobs, returns=returns, **optional)
+    logprobs, returns, *rest = check.floats(logprobs=logprobs, returns=returns, **optional)
     keep = check.keep_mask(mask, logprobs.shape, "logprobs")
-    weights = returns - baseline[0] if baseline else returns
+    weights = returns - rest[0] if rest else returns
     weights = zero_dropped(weights.detach(), keep)  # (T, N)
     return -mean_kept(zero_dropped(logprobs, keep) * weights, keep)

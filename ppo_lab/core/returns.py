@@ -1,4 +1,4 @@
-"""Discounted returns (reward-to-go), §1 eq. (1.4), and the backward recursion GAE reuses (§4).
+"""Discounted returns (reward-to-go), §1.3, and the backward recursion GAE reuses (§4.6).
 
 Time is dim 0: toy-RL tensors are ``[T, N]`` (steps × parallel envs), and any trailing shape
 works. ``episode_ends[t]`` is True where step ``t`` is the last step of an episode (terminated
@@ -14,7 +14,9 @@ from . import _validate as check
 
 
 def backward_discounted_sum(x: torch.Tensor, discounts: torch.Tensor) -> torch.Tensor:
-    """``y_t = x_t + discounts_t · y_{t+1}`` with ``y_T = 0``; shapes ``[T, ...]``.
+    """``y_t = x_t + discounts_t · y_{t+1}`` with ``y_T = 0``; shapes ``[T, ...]``. §4.6.
+
+    The recursion of Eq. (1.9) (discounts γ(1 − end_t)) and of Eq. (4.6)/(4.9) (γλ(1 − end_t)).
 
     One vectorised step per time step over all envs at once: O(T·N) work, T Python iterations
     (the seed's ``list.insert(0, ·)`` made it O(T²), errata 3). No argument checks: callers
@@ -29,7 +31,7 @@ def backward_discounted_sum(x: torch.Tensor, discounts: torch.Tensor) -> torch.T
 
 
 def discounted_returns(rewards: torch.Tensor, episode_ends: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. (1.4), §1: ``G_t = r_t + γ (1 − end_t) G_{t+1}``, with ``G_T = 0`` past the last step.
+    """Eq. (1.9), §1.3: ``G_t = r_t + γ (1 − end_t) G_{t+1}``, with ``G_T = 0`` past the last step.
 
     r_t ↔ ``rewards``, end_t ↔ ``episode_ends`` (bool or {0, 1}), γ ↔ ``gamma`` ∈ [0, 1].
     Shapes: ``[T, N]`` (or ``[T, ...]``) in and out. No bootstrap: a rollout cut mid-episode

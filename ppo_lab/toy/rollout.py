@@ -63,8 +63,8 @@ def make_vector_env(
     ``"auto"`` uses the env's ``vector_entry_point`` where it has one, else ``sync``. Wrappers,
     innermost first: ``RecordEpisodeStatistics`` (raw returns, reported as
     ``info["episode"]``), ``NormalizeObservation`` (running mean/var of observations),
-    ``NormalizeReward`` (rewards divided by the running std of the discounted return — detail 8
-    in Huang et al. 2022; it keeps the value targets of order 1).
+    ``NormalizeReward`` (rewards divided by the running std of the discounted return —
+    continuous detail 8 in Huang et al. 2022; it keeps the value targets of order 1).
     """
     if vectorization_mode not in ("auto", "vector_entry_point", "sync", "async"):
         raise ValueError(f"vectorization_mode: unknown mode {vectorization_mode!r}")
@@ -144,8 +144,8 @@ def collect_rollout(envs: VectorEnv, agent: ActorCritic, state: RolloutState,
     """Step ``envs`` ``num_steps`` times with actions sampled from ``agent``; advance ``state``.
 
     Gaussian actions are stored as sampled (their log-probability is what the ratio needs) and
-    clipped to the action bounds only on the way to the env (detail 4 of the continuous list in
-    Huang et al. 2022).
+    clipped to the action bounds only on the way to the env (continuous detail 5 in Huang et al.
+    2022).
     """
     device = state.obs.device
     T, N = num_steps, envs.num_envs

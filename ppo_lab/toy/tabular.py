@@ -483,36 +483,30 @@ class TabularMDP:
         R = self.rewards.to(theta.dtype)
         term = self.terminal
 
-        shape = (T, N)
-        states = torch.zeros(shape, dtype=torch.long)
-        actions = torch.zeros(shape, dtype=torch.long)
-        next_states = torch.zeros(shape, dtype=torch.long)
-        rewards = torch.zeros(shape, dtype=theta.dtype)
-        logprobs = torch.zeros(shape, dtype=theta.dtype)
-        mask = torch.zeros(shape, dtype=torch.bool)
-        terminated = torch.zeros(shape, dtype=torch.bool)
-        truncated = torch.zeros(shape, dtype=torch.bool)
+        states = torch.empty(T, N, dtype=torch.long)
+        actions = torch.empty(T, N, dtype=torch.long)
+        next_states = torch.empty(T, N, dtype=torch.long)
+        mask = torch.empty(T, N, dtype=torch.bool)
+        terminated = torch.zeros(T, N, dtype=torch.bool)
+        truncated = torch.zeros(T, N, dtype=torch.bool)
 
         s = torch.multinomial(self.initial_dist.to(theta.dtype).expand(N, -1), 1, generator=generator)[:, 0]
         alive = torch.ones(N, dtype=torch.bool)
-        for t in range(T):
+        for t in range(T):  # all N episodes advance together; finished ones keep stepping, masked out
             a = torch.multinomial(pi[s], 1, generator=generator)[:, 0]  # [N]
             s_next = torch.multinomial(P[s, a], 1, generator=generator)[:, 0]  # [N]
-            states[t] = torch.where(alive, s, 0)
-            actions[t] = torch.where(alive, a, 0)
-            next_states[t] = torch.where(alive, s_next, 0)
-            rewards[t] = torch.where(alive, R[s, a], 0.0)
-            logprobs[t] = torch.where(alive, logpi[s, a], 0.0)
-            mask[t] = alive
+            states[t], actions[t], next_states[t], mask[t] = s, a, s_next, alive
             done = alive & term[s_next]
-            if t == T - 1:
-                if horizon_end:
-                    done = alive.clone()
-                else:
-                    truncated[t] = alive & ~done
             terminated[t] = done
             alive = alive & ~done
             s = s_next
+        if horizon_end:  # the finite-horizon return is complete: its last step is terminal
+            terminated[-1] |= alive
+        else:
+            truncated[-1] = alive
+        rewards = torch.where(mask, R[states, actions], 0.0)
+        logprobs = torch.where(mask, logpi[states, actions], 0.0)
+        states, actions, next_states = (torch.where(mask, x, 0) for x in (states, actions, next_states))
         return EpisodeBatch(
             states=states,
             actions=actions,
