@@ -12,15 +12,19 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ppo_lab.cli import doctor_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cpu_model() -> str:
@@ -34,8 +38,11 @@ def _cpu_model() -> str:
 
 
 def machine() -> dict[str, str]:
-    """The machine a result was measured on: CPU, core count, then ``ppo-lab doctor``'s rows."""
-    return {"cpu": _cpu_model(), "cpu cores": str(os.cpu_count()), **dict(doctor_report())}
+    """The machine a result was measured on: CPU, core count, load average (1, 5, 15 min) when
+    the result was written, then ``ppo-lab doctor``'s rows."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {"cpu": _cpu_model(), "cpu cores": str(os.cpu_count()), "load average": load,
+            **dict(doctor_report())}
 
 
 def command() -> str:
@@ -65,8 +72,12 @@ def time_call(fn, *, sync=lambda: None, min_time_s: float = 0.2, max_repeats: in
             "iqr_ms": 1e3 * (q3 - q1), "repeats": len(times)}
 
 
-def write(name: str, config: dict, results: list[dict], out: Path | None = None) -> Path:
-    """Write the stamped result file (default ``benchmarks/results/<name>.json``); return its path."""
+def write(name: str, config: dict, results: list[dict], out: Path | None = None,
+          summary: dict | None = None) -> Path:
+    """Write the stamped result file (default ``benchmarks/results/<name>.json``); return its path.
+
+    ``summary`` (medians, ratios, targets met) is stored beside the per-run ``results`` rows.
+    """
     out = out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -77,7 +88,71 @@ def write(name: str, config: dict, results: list[dict], out: Path | None = None)
         "config": config,
         "results": results,
     }
+    if summary is not None:
+        record["summary"] = summary
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(out)  # atomic: a reader never sees half a file
     return out
+
+
+# --- training benchmarks (cartpole, pendulum, ablations) ----------------------------------
+
+
+def run_worker(script: Path, args: Sequence[str]) -> dict:
+    """Run ``python script --worker ARGS`` in a fresh process; return the JSON it prints last.
+
+    A fresh process per training run keeps imports, allocator state and peak RSS of one run out
+    of the next; ``OMP_NUM_THREADS=1`` and ``MKL_NUM_THREADS=1`` pin it to one thread.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, str(script), "--worker", *args], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {list(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def first_reach(episodes: Sequence[dict], threshold: float, window: int = 20) -> dict | None:
+    """The first episode at which the mean return of the last ``window`` episodes is
+    ``>= threshold`` (a dict with ``global_step`` and ``time``), or None if it never is."""
+    total = 0.0
+    for i, episode in enumerate(episodes):
+        total += episode["return"]
+        if i >= window:
+            total -= episodes[i - window]["return"]
+        if i + 1 >= window and total / window >= threshold:
+            return episode
+    return None
+
+
+def last_mean(episodes: Sequence[dict], window: int = 20) -> float | None:
+    """Mean return of the last ``window`` episodes."""
+    tail = [e["return"] for e in episodes[-window:]]
+    return sum(tail) / len(tail) if tail else None
+
+
+def subsample_curve(episodes: Sequence[dict], points: int = 100, window: int = 20) -> dict:
+    """Running mean (over ``window`` episodes) of the return at ~``points`` evenly spaced
+    episodes: small enough to commit, dense enough to plot."""
+    steps, means = [], []
+    if episodes:
+        stride = max(1, len(episodes) // points)
+        returns = [e["return"] for e in episodes]
+        for i in range(stride - 1, len(episodes), stride):
+            lo = max(0, i + 1 - window)
+            steps.append(episodes[i]["global_step"])
+            means.append(round(sum(returns[lo:i + 1]) / (i + 1 - lo), 2))
+    return {"global_step": steps, "mean_return": means}
+
+
+def median(xs):
+    """Median of the non-None values, or None."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None

@@ -1,25 +1,30 @@
-"""GAE benchmark (§4.6): how fast is ``gae_advantages``, and is its T-step Python loop the
-right choice? Writes ``benchmarks/results/gae.json``.
+"""GAE benchmark (§4.6): ``gae_advantages`` (a log-depth scan) against two loops. Writes
+``benchmarks/results/gae.json`` and prints the table the book shows.
 
-Implementations, all float32, all checked against ``gae_advantages`` before they are timed:
+Three implementations of Eq. (4.9), float32, all checked against ``gae_advantages`` first:
 
+- ``reference``: ``ppo_lab.core.reference.gae_advantages``, Python floats, one element at a time.
+- ``cleanrl_loop``: the per-step backward recursion as CleanRL's ``ppo.py`` writes it — one
+  Python iteration per step t, whole-``[N]`` tensor ops inside (``cleanrl_loop`` below).
 - ``gae_advantages``: the package function, argument checks included.
-- ``backward_discounted_sum``: its recursion alone (T fused ``addcmul`` steps over ``[N]``).
-- ``scan``: the same recursion as a log-depth scan of affine maps (eq. (4.10)): ⌈log₂T⌉ rounds,
-  each one vectorised op over ``[T, N]`` — O(TN log T) work instead of O(TN).
-- ``reference``: ``ppo_lab.core.reference.gae_advantages``, Python floats, one step at a time.
-- ``python_insert0``: the draft's pattern (errata 3) — a Python loop per env that prepends each
-  advantage with ``list.insert(0, ·)``, O(T²) moves per env (episode ends respected here, so the
-  results agree; the draft also leaked across them).
 
-    python benchmarks/gae.py            # the committed table (about a minute on 2 CPU cores)
-    python benchmarks/gae.py --quick    # a smoke run: tiny shapes, a few repeats
+One torch thread; every implementation is timed at every shape, one call per timing, the three
+interleaved round by round (in a rotating order) in one process so that changing load hits
+them alike; the median over the rounds is reported. Also recorded: the float32 advantages'
+relative error against the float64 loop at T = 2048, and a T = 100 000 recursion with γλ = 0.999
+and no episode end (it must stay finite).
+
+    python benchmarks/gae.py            # the committed table (about half a minute on one core)
+    python benchmarks/gae.py --quick    # a smoke run: small shapes, 3 rounds
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import gc
+import os
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -29,127 +34,182 @@ from ppo_lab import gae_advantages
 from ppo_lab.core import reference
 from ppo_lab.core.returns import backward_discounted_sum
 
-from common import time_call, write  # benchmarks/common.py (the script's own folder is on sys.path)
+from common import write  # benchmarks/common.py (the script's own folder is on sys.path)
 
 GAMMA, LAMBDA = 0.99, 0.95
+IMPLS = ("reference", "cleanrl_loop", "gae_advantages")
+TARGETS = {(2048, 8): 50.0, (512, 64): 10.0, (128, 1024): 1.3}
+"""Required speed-up of ``gae_advantages`` over ``cleanrl_loop`` (median time ratio), per [T, N]."""
+MAX_REL_ERROR = 1e-5
+"""float32 ``gae_advantages`` against the float64 loop at T = 2048, N = 8: max |error| / max |A|."""
 
 
 @dataclasses.dataclass
 class Config:
-    """Benchmark ``gae_advantages`` against a log-depth scan and two pure-Python loops."""
+    """Time ``gae_advantages`` against the pure-Python twin and CleanRL's per-step loop."""
 
-    shapes: tuple[tuple[int, int], ...] = ((128, 4), (2048, 1), (2048, 16), (256, 256), (512, 64), (16384, 1))
-    """[T, N] shapes: CleanRL CartPole (128×4), SB3's default single env (2048×1), many envs,
-    an LLM batch in time-major form (512 tokens × 64 responses), one long sequence."""
-    python_max_elements: int = 32768
-    """Skip the two pure-Python loops above this many T·N elements (they take seconds)."""
-    min_time_s: float = 0.3
-    """Measure each case for at least this long (median and IQR over the calls)."""
+    shapes: tuple[tuple[int, int], ...] = ((2048, 8), (512, 64), (128, 1024))
+    """[T, N] shapes: a long rollout of a few envs (SB3's n_steps 2048), the middle, and a short
+    rollout of many envs (CleanRL's 128 steps; a GPU-simulated vector env)."""
+    rounds: int = 21
+    """Timed calls per implementation and shape (one per round, after one warm-up call)."""
     threads: int = 1
-    """torch intra-op threads. 1 (as the Makefile sets for the chapters): above 32768 elements
-    torch splits an op over threads, and on a machine with other load that wait dominates."""
+    """torch intra-op threads."""
+    long_horizon: int = 100_000
+    """T of the long-recursion check (γλ = 0.999, no episode end, float32)."""
     quick: bool = False
-    """Smoke run: shapes (16, 2) and (64, 4), 0.01 s per case."""
+    """Smoke run: shapes (64, 4) and (16, 32), 3 rounds (targets are not checked)."""
     out: Path | None = None
     """Where to write the JSON (default benchmarks/results/gae.json)."""
 
 
-def scan_discounted_sum(x: torch.Tensor, discounts: torch.Tensor) -> torch.Tensor:
-    """``y_t = x_t + c_t y_{t+1}`` by composing affine maps (eq. (4.10)) in ⌈log₂T⌉ rounds.
+def cleanrl_loop(rewards, values, next_values, terminated, episode_ends, gamma, gae_lambda):
+    """Eq. (4.9) the way CleanRL's ``ppo.py`` computes it: a Python loop over t, ``[N]`` ops.
 
-    After the round with shift s, ``y_t = a_t + b_t · y_{t+s}`` (y past the end is 0).
+    CleanRL has one ``dones`` flag for both bootstrap and recursion; with terminated and
+    truncated apart (§4.5) there are two, and their complements are made once, before the loop
+    (CleanRL computes ``1.0 - dones[t + 1]`` inside it, one more op per step).
     """
-    a, b = x, discounts
-    shift = 1
-    while shift < x.shape[0]:
-        a = torch.cat([torch.addcmul(a[:-shift], b[:-shift], a[shift:]), a[-shift:]])
-        b = torch.cat([b[:-shift] * b[shift:], torch.zeros_like(b[-shift:])])
-        shift *= 2
-    return a
+    nonterminal = 1.0 - episode_ends.float()  # (T, N): the recursion continues
+    bootstrap = 1.0 - terminated.float()  # (T, N): next_values counts
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] * bootstrap[t] - values[t]  # (N,)
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nonterminal[t] * lastgaelam
+    returns = advantages + values
+    return advantages, returns
 
 
-def python_insert0(rewards, values, next_values, terminated, episode_ends, gamma, gae_lambda):
-    """The draft's list-building loop, one env at a time (eq. (4.9) per element)."""
-    T, N = rewards.shape
-    r, v, nv = rewards.tolist(), values.tolist(), next_values.tolist()
-    term, ends = terminated.tolist(), episode_ends.tolist()
-    columns = []
-    for n in range(N):
-        advantages, last = [], 0.0
-        for t in reversed(range(T)):
-            bootstrap = 0.0 if term[t][n] else gamma * nv[t][n]
-            last = r[t][n] + bootstrap - v[t][n] + (0.0 if ends[t][n] else gamma * gae_lambda * last)
-            advantages.insert(0, last)  # moves every element already in the list: O(T) per step
-        columns.append(advantages)
-    return torch.tensor(columns, dtype=rewards.dtype).T
-
-
-def rollout(T: int, N: int, device: str) -> dict:
+def rollout(T: int, N: int, dtype=torch.float32) -> dict:
+    """A seeded [T, N] rollout: 1% terminations, 0.5% truncations."""
     gen = torch.Generator().manual_seed(T * 100_003 + N)
     terminated = torch.rand(T, N, generator=gen) < 0.01
     episode_ends = terminated | (torch.rand(T, N, generator=gen) < 0.005)
-    tensors = dict(
-        rewards=torch.randn(T, N, generator=gen), values=torch.randn(T, N, generator=gen),
-        next_values=torch.randn(T, N, generator=gen), terminated=terminated, episode_ends=episode_ends,
-    )
-    return {k: t.to(device) for k, t in tensors.items()}
+    rewards, values, next_values = (torch.randn(T, N, generator=gen, dtype=dtype) for _ in range(3))
+    return dict(rewards=rewards, values=values, next_values=next_values, terminated=terminated,
+                episode_ends=episode_ends, gamma=GAMMA, gae_lambda=LAMBDA)
 
 
-def cases(T: int, N: int, device: str, python_max_elements: int):
-    """(name, fn returning advantages) for one shape; the recursion-only ones share deltas."""
-    args = rollout(T, N, device)
-    deltas = args["rewards"] + GAMMA * torch.where(args["terminated"], 0, args["next_values"]) - args["values"]
-    discounts = GAMMA * LAMBDA * (~args["episode_ends"]).float()
-    yield "gae_advantages", lambda: gae_advantages(**args, gamma=GAMMA, gae_lambda=LAMBDA)[0]
-    yield "backward_discounted_sum", lambda: backward_discounted_sum(deltas, discounts)
-    yield "scan", lambda: scan_discounted_sum(deltas, discounts)
-    if device == "cpu" and T * N <= python_max_elements:
-        yield "reference", lambda: reference.gae_advantages(**args, gamma=GAMMA, gae_lambda=LAMBDA)[0]
-        yield "python_insert0", lambda: python_insert0(**args, gamma=GAMMA, gae_lambda=LAMBDA)
+def calls(args: dict) -> dict:
+    """Implementation name -> a call returning ``(advantages, returns)``."""
+    return {
+        "reference": lambda: reference.gae_advantages(**args),
+        "cleanrl_loop": lambda: cleanrl_loop(**args),
+        "gae_advantages": lambda: gae_advantages(**args),
+    }
 
 
-def run(config: Config) -> list[dict]:
-    shapes = ((16, 2), (64, 4)) if config.quick else config.shapes
-    min_time_s = 0.01 if config.quick else config.min_time_s
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+def relative_error(x: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((x.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+def time_interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of one call of each function, ``rounds`` times, the order rotating per round."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        fns[name]()  # warm-up
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as timeit does: no collector pauses inside a timed call
+    try:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(1e3 * (time.perf_counter() - start))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def benchmark_shape(T: int, N: int, rounds: int) -> tuple[list[dict], dict]:
+    """Check the three implementations agree at [T, N], time them; rows and a summary entry."""
+    fns = calls(rollout(T, N))
+    expected, _ = fns["gae_advantages"]()
     rows = []
-    for device in devices:
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        for T, N in shapes:
-            expected = None
-            for impl, fn in cases(T, N, device, config.python_max_elements):
-                out = fn()
-                expected = out if expected is None else expected
-                max_abs_diff = (out.to(expected.device) - expected).abs().max().item()
-                scale = expected.abs().max().item()
-                if not max_abs_diff <= 1e-4 * max(1.0, scale):
-                    raise AssertionError(f"{impl} disagrees with gae_advantages at [{T}, {N}]: {max_abs_diff}")
-                timing = time_call(fn, sync=sync, min_time_s=min_time_s)
-                rows.append({"T": T, "N": N, "device": device, "impl": impl, **timing,
-                             "max_abs_diff": max_abs_diff})
-                print(f"{device:4} [{T:5}, {N:3}] {impl:24} min {timing['min_ms']:9.3f} ms, median "
-                      f"{timing['median_ms']:9.3f} (IQR {timing['iqr_ms']:.3f}, n={timing['repeats']})", flush=True)
-    return rows
+    for name, fn in fns.items():
+        advantages, returns = fn()
+        diff = (advantages - expected).abs().max().item()
+        if not diff <= 1e-4 * max(1.0, expected.abs().max().item()):
+            raise AssertionError(f"{name} disagrees with gae_advantages at [{T}, {N}]: max |diff| {diff}")
+        rows.append({"T": T, "N": N, "impl": name, "max_abs_diff": diff})
+    times = time_interleaved(fns, rounds)
+    medians = {name: statistics.median(ms) for name, ms in times.items()}
+    for row in rows:
+        ms = times[row["impl"]]
+        row.update(median_ms=medians[row["impl"]], min_ms=min(ms), max_ms=max(ms), rounds=len(ms), times_ms=ms)
+    speedup = {f"vs_{name}": medians[name] / medians["gae_advantages"] for name in IMPLS[:-1]}
+    target = TARGETS.get((T, N))
+    entry = {"T": T, "N": N, "median_ms": medians, "speedup": speedup,
+             "target_vs_cleanrl_loop": target,
+             "met": None if target is None else speedup["vs_cleanrl_loop"] >= target}
+    return rows, entry
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: one row per (device, shape), one column per implementation (best ms per call)."""
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    keyed = {(r["device"], r["T"], r["N"], r["impl"]): r["min_ms"] for r in rows}
-    shapes = list(dict.fromkeys((r["device"], r["T"], r["N"]) for r in rows))
-    lines = ["| device | [T, N] | " + " | ".join(impls) + " |", "|---|---|" + "---:|" * len(impls)]
-    for device, T, N in shapes:
-        cells = [keyed.get((device, T, N, i), math.nan) for i in impls]
-        lines.append(f"| {device} | [{T}, {N}] | " + " | ".join("—" if math.isnan(c) else f"{c:.3g}" for c in cells) + " |")
+def accuracy() -> dict:
+    """float32 ``gae_advantages`` against the float64 loop twin on the same inputs, T = 2048."""
+    args = rollout(2048, 8)
+    advantages, _ = gae_advantages(**args)
+    args64 = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in args.items()}
+    exact, _ = reference.gae_advantages(**args64)
+    error = relative_error(advantages, exact)
+    return {"T": 2048, "N": 8, "gamma": GAMMA, "gae_lambda": LAMBDA,
+            "float32_vs_float64_loop_rel_error": error, "limit": MAX_REL_ERROR, "met": error <= MAX_REL_ERROR}
+
+
+def long_horizon(T: int) -> dict:
+    """y_t = x_t + 0.999·y_{t+1} over T steps, no episode end, float32: finite, and how close to
+    the float64 loop."""
+    x = torch.randn(T, 1, generator=torch.Generator().manual_seed(T))
+    c = torch.full_like(x, 0.999)
+    y = backward_discounted_sum(x, c)
+    exact = reference.backward_discounted_sum(x.double(), c.double())
+    finite = bool(torch.isfinite(y).all())
+    return {"T": T, "N": 1, "gamma_lambda": 0.999, "dtype": "float32", "finite": finite,
+            "max_abs": y.abs().max().item(), "rel_error_vs_float64_loop": relative_error(y, exact), "met": finite}
+
+
+def table(summary: dict) -> str:
+    """Markdown: median ms per call and the speed-ups of ``gae_advantages``."""
+    lines = ["| [T, N] | " + " | ".join(f"{name} (ms)" for name in IMPLS)
+             + " | × vs reference | × vs cleanrl_loop | target |",
+             "|---|" + "---:|" * (len(IMPLS) + 3)]
+    for s in summary["shapes"]:
+        target = "—" if s["target_vs_cleanrl_loop"] is None else (
+            f"≥ {s['target_vs_cleanrl_loop']:g}× {'met' if s['met'] else 'MISSED'}")
+        lines.append(f"| [{s['T']}, {s['N']}] | " + " | ".join(f"{s['median_ms'][n]:.3g}" for n in IMPLS)
+                     + f" | {s['speedup']['vs_reference']:.1f} | {s['speedup']['vs_cleanrl_loop']:.1f} | {target} |")
     return "\n".join(lines)
 
 
 def main(config: Config) -> Path:
     torch.set_num_threads(config.threads)
-    rows = run(config)
-    path = write("gae", {**dataclasses.asdict(config), "out": None, "gamma": GAMMA, "gae_lambda": LAMBDA,
-                         "dtype": "float32"}, rows, config.out)
-    print(f"\nbest ms per call (min over repeats), written to {path}\n\n{table(rows)}")
+    shapes = ((64, 4), (16, 32)) if config.quick else config.shapes
+    rounds = 3 if config.quick else config.rounds
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows, entries = [], []
+    for T, N in shapes:
+        shape_rows, entry = benchmark_shape(T, N, rounds)
+        rows += shape_rows
+        entries.append(entry)
+        print(f"[{T}, {N}] median ms: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["median_ms"].items()), flush=True)
+    summary = {"load_average_before": load_before, "shapes": entries, "accuracy": accuracy(),
+               "long_horizon": long_horizon(config.long_horizon)}
+    checks = [s["met"] for s in entries if s["met"] is not None]
+    summary["all_targets_met"] = all(checks + [summary["accuracy"]["met"], summary["long_horizon"]["met"]])
+    settings = {**dataclasses.asdict(config), "out": None, "shapes": [list(s) for s in shapes], "rounds": rounds,
+                "gamma": GAMMA, "gae_lambda": LAMBDA, "dtype": "float32", "device": "cpu",
+                "targets_vs_cleanrl_loop": {f"[{T}, {N}]": x for (T, N), x in TARGETS.items()}}
+    path = write("gae", settings, rows, config.out, summary=summary)
+    acc, long = summary["accuracy"], summary["long_horizon"]
+    print(f"\nmedian of {rounds} interleaved calls, {config.threads} thread(s), load average before "
+          f"{load_before}; written to {path}\n\n{table(summary)}\n\n"
+          f"float32 vs float64 loop at [2048, 8]: relative error {acc['float32_vs_float64_loop_rel_error']:.2e} "
+          f"(limit {MAX_REL_ERROR:g})\nT = {long['T']}, γλ = 0.999: finite {long['finite']}, "
+          f"relative error vs float64 loop {long['rel_error_vs_float64_loop']:.2e}\n"
+          f"all targets met: {summary['all_targets_met']}")
     return path
 
 

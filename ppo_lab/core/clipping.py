@@ -29,7 +29,7 @@ def clipped_surrogate_loss(
     The min is a pessimistic bound (§3.2): the gradient (Eq. (3.4), §3.3) is 0 exactly where the
     clipped term is the smaller one (A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε), and
     −A·ρ·∇log π elsewhere. ``stats["clip_fraction"]`` (Eq. (3.5)): fraction of kept elements
-    with |ρ − 1| > ε (CleanRL's definition, a superset of the zero-gradient set).
+    with ``|ρ − 1| > ε`` (CleanRL's definition, a superset of the zero-gradient set).
     ``stats["approx_kl"]`` (Eq. (3.6)): masked mean of (ρ − 1) − log ρ, the k3 estimate of
     KL(π_old‖π_θ) from samples of π_old.
     """
@@ -56,7 +56,7 @@ def clipped_value_loss(
     v ↔ ``values``, v_old ↔ ``old_values``, R ↔ ``returns``, ε ↔ ``clip_eps`` (the config
     field is ``vf_clip_eps``). ``clip_eps=None`` gives the plain ``½ · mean[(v − R)²]`` (Eq. (3.7)).
     ``old_values`` and ``returns`` are constants (detached). ``stats["clip_fraction"]``:
-    fraction of kept elements with |v − v_old| > ε (0.0 without clipping).
+    fraction of kept elements with ``|v − v_old| > ε`` (0.0 without clipping).
     """
     if clip_eps is not None:
         clip_eps = check.positive(clip_eps, "clip_eps")

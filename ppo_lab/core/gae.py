@@ -47,11 +47,15 @@ def gae_advantages(
     episode_ends = check.flags(episode_ends, "episode_ends", rewards.shape, "rewards")
     if (terminated & ~episode_ends).any():
         raise ValueError("terminated: a terminated step must also be marked in episode_ends")
-    check.finite(rewards, "rewards")
-    check.finite(values, "values")
-    check.finite(next_values, "next_values", where=~terminated)
 
     next_values = torch.where(terminated, 0, next_values)  # NaN-safe: no bootstrap past the end
-    deltas = rewards + gamma * next_values - values  # (T, N)
-    advantages = backward_discounted_sum(deltas, gamma * gae_lambda * (~episode_ends).to(rewards.dtype))
+    deltas = torch.add(rewards, next_values, alpha=gamma).sub_(values)  # δ_t, Eq. (4.2); (T, N)
+    # A NaN or inf in any input makes its δ_t, hence the sum, non-finite: one cheap reduction
+    # instead of three full checks; the checks run (and name the argument) only when it is.
+    if not torch.isfinite(deltas.sum()):
+        check.finite(rewards, "rewards")
+        check.finite(values, "values")
+        check.finite(next_values, "next_values")  # only where not terminated: the rest is 0 now
+    discounts = torch.full_like(deltas, gamma * gae_lambda).masked_fill_(episode_ends, 0.0)  # (T, N)
+    advantages = backward_discounted_sum(deltas, discounts)
     return advantages, advantages + values

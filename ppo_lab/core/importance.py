@@ -42,7 +42,7 @@ def cpi_surrogate_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """§2: ``loss = −mean[ρ_t · A_t]`` with ρ_t = exp(logprobs − old_logprobs), i.e. −L^CPI.
+    """Eq. (2.8), §2.3: ``loss = −mean[ρ_t · A_t]`` with ρ_t = exp(logprobs − old_logprobs), i.e. −L^CPI.
 
     L^CPI is the first-order (per-step) surrogate: it ignores the shift of the state distribution,
     so it is *not* an identity for J(θ) — that needs the product of per-step ratios
@@ -59,7 +59,7 @@ def trajectory_ratio(
 ) -> torch.Tensor:
     """``Π_t π_θ(a_t|s_t) / π_θold(a_t|s_t)`` over time (dim 0) and kept steps: ``[T, N]`` → ``[N]``.
 
-    The exact importance weight of a whole trajectory (errata 13). Its variance grows with the
+    Eq. (2.4), §2.2: the exact importance weight of a whole trajectory (errata 13). Its variance grows with the
     horizon T and with the drift between the policies, which is why PPO uses per-step ratios.
     """
     logprobs, old_logprobs = check.floats(logprobs=logprobs, old_logprobs=old_logprobs)

@@ -21,12 +21,14 @@ def k3(d: torch.Tensor) -> torch.Tensor:
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """§2: per-sample estimates of KL(π‖π_ref) from samples a ~ π. Shapes alike → alike.
+    """Eq. (2.11), §2.4: per-sample estimates of KL(π‖π_ref) from samples a ~ π. Shapes alike → alike.
 
     With d = log π(a) − log π_ref(a) (``logprobs − ref_logprobs``):
-      k1 = d             unbiased, can be negative, high variance;
-      k2 = ½ d²          biased, ≥ 0; as a loss its expected gradient is ∇_θ KL(π‖π_ref);
-      k3 = e^{−d} − 1 + d  unbiased, ≥ 0, low variance when π ≈ π_ref.
+
+    - ``k1 = d``: unbiased, can be negative, high variance;
+    - ``k2 = ½ d²``: biased, ≥ 0; as a loss its expected gradient is ∇_θ KL(π‖π_ref);
+    - ``k3 = e^{−d} − 1 + d``: unbiased, ≥ 0, low variance when π ≈ π_ref.
+
     Unknown ``kind`` is a ``ValueError``. 16-bit inputs give float32 estimates.
     """
     if kind not in KL_KINDS:

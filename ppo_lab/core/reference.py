@@ -102,6 +102,17 @@ def explained_variance(values, returns, mask=None):
 # --- returns and GAE (returns.py, gae.py) -------------------------------------------------------
 
 
+def backward_discounted_sum(x, discounts):
+    out = []
+    for xs, cs in zip(_columns(x), _columns(discounts)):
+        y, col = 0.0, [0.0] * len(xs)
+        for t in reversed(range(len(xs))):
+            y = xs[t] + cs[t] * y
+            col[t] = y
+        out.append(col)
+    return _from_columns(out, x, _dtype(x, discounts))
+
+
 def discounted_returns(rewards, episode_ends, gamma):
     out = []
     for r, end in zip(_columns(rewards), _columns(episode_ends)):

@@ -138,9 +138,11 @@ _RESUMABLE = {"run_dir", "checkpoint_every", "resume", "device", "torch_threads"
 
 PRESETS: dict[str, tuple[str, PPOConfig]] = {
     "cartpole": ("CartPole-v1, tuned for wall-clock time on one CPU thread", PPOConfig(
+        # From the zoo set: 16 envs x 32 steps (more data per update from the numpy-vectorised
+        # env, which costs little), 2 minibatches x 4 epochs (8 gradient steps per 512
+        # transitions instead of 20 per 256) and a 5x larger learning rate to make up for them.
         env_id="CartPole-v1", total_timesteps=100_000, num_envs=16, num_steps=32,
-        num_minibatches=2, ppo_epochs=4, learning_rate=3e-3, gamma=0.98, gae_lambda=0.8,
-        anneal_clip=False)),
+        num_minibatches=2, ppo_epochs=4, learning_rate=5e-3, gamma=0.98, gae_lambda=0.8)),
     "cartpole-zoo": ("CartPole-v1 with the rl-baselines3-zoo hyperparameters of SB3's PPO",
                      PPOConfig(
         # rl-zoo hyperparams/ppo.yml: n_envs 8, n_steps 32, batch_size 256, n_epochs 20,

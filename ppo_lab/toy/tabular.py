@@ -123,17 +123,17 @@ class SoftmaxBandit:
         return torch.softmax(theta, dim=-1)
 
     def expected_return(self, theta: torch.Tensor) -> torch.Tensor:
-        """J(θ) = Σ_a π_θ(a) μ_a, a differentiable scalar."""
+        """J(θ) = Σ_a π_θ(a) μ_a, a differentiable scalar; θ ↔ ``theta`` [A]. §1.2."""
         return (self.probs(theta) * self.means.to(theta.dtype)).sum()
 
     def exact_gradient(self, theta: torch.Tensor) -> torch.Tensor:
-        """∇_θ J = π_θ ⊙ (μ − J(θ)), shape [A]."""
+        """∇_θ J = π_θ ⊙ (μ − J(θ)), shape [A]: Eq. (1.6), §1.2, for one step (score e_a − π, Eq. (1.3))."""
         pi = self.probs(theta).detach()
         mu = self.means.to(theta.dtype)
         return pi * (mu - (pi * mu).sum())
 
     def gradient_variance(self, theta: torch.Tensor, baseline: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """Total variance E‖g − ∇J‖² of the one-sample estimator g = (e_a − π)(r − b).
+        """Total variance E‖g − ∇J‖² of the one-sample estimator g = (e_a − π)(r − b), §1.5.
 
         E‖g‖² = Σ_a π_a ‖e_a − π‖² ((μ_a − b)² + σ²); the variance is that minus ‖∇J‖².
         ``baseline`` may be a tensor of baselines (any shape); the result has its shape.
@@ -147,7 +147,7 @@ class SoftmaxBandit:
         return second.sum(-1) - (grad * grad).sum()
 
     def optimal_baseline(self, theta: torch.Tensor) -> torch.Tensor:
-        """The constant b minimising :meth:`gradient_variance`: E[‖∇log π‖² r] / E[‖∇log π‖²]."""
+        """Eq. (1.15), §1.5: the constant b minimising :meth:`gradient_variance`, E[‖∇log π‖² r] / E[‖∇log π‖²]."""
         pi = self.probs(theta).detach()
         w = pi * (1.0 - 2.0 * pi + (pi * pi).sum())
         return (w * self.means.to(theta.dtype)).sum() / w.sum()
@@ -231,7 +231,7 @@ class TabularMDP:
     """A finite MDP with a tabular softmax policy θ[s, a] and exact J, V, Q, ∇J.
 
     The objective is J(θ) = E[Σ_{t=0}^{H-1} γ^t r_t] with s_0 ~ ``initial_dist``,
-    a_t ~ π_θ(·|s_t), r_t = R(s_t, a_t), s_{t+1} ~ P(·|s_t, a_t). An episode ends when it enters
+    a_t ~ π_θ(· | s_t), r_t = R(s_t, a_t), s_{t+1} ~ P(· | s_t, a_t). An episode ends when it enters
     a terminal state (which is never acted in and has value 0) or after H = ``horizon`` steps.
     ``horizon=None`` is the endless discounted problem (needs γ < 1, or terminal states reached
     with probability 1).
@@ -302,7 +302,7 @@ class TabularMDP:
     ) -> "TabularMDP":
         """A random MDP, deterministic in ``seed``; s_0 = 0 and no terminal states.
 
-        P(·|s, a) = softmax(``peakedness`` · z) with z ~ Normal(0, 1) [S] (larger: more
+        P(· | s, a) = softmax(``peakedness`` · z) with z ~ Normal(0, 1) [S] (larger: more
         deterministic transitions, so actions matter more); R(s, a) ~ Uniform[0, 1).
         """
         _check_positive_int(num_states, "num_states")
@@ -390,7 +390,7 @@ class TabularMDP:
         return pi, d, Q, V
 
     def exact(self, theta: torch.Tensor) -> TabularSolution:
-        """J, V, Q, discounted visitation and ∇_θ J of π_θ, all exact (no sampling).
+        """J (Eq. (1.1)), V, Q, discounted visitation and ∇_θ J (Eq. (1.11), §1.3) of π_θ, all exact.
 
         Finite horizon: backward recursion Q_t = R + γ P V_{t+1}, V_t = Σ_a π Q_t, and forward
         state distributions d_t. Endless: (I − γ P_π) V = r_π and d^T (I − γ P_π) = μ0^T.
@@ -417,9 +417,9 @@ class TabularMDP:
     def exact_gradient(self, theta: torch.Tensor, discount_weighting: bool = True) -> torch.Tensor:
         """∇_θ J in closed form (policy gradient theorem), shape [S, A].
 
-        ``discount_weighting=False`` gives instead Σ_t Σ_s P(s_t = s) π(a|s)(Q_t − V_t): the
-        expectation of the common estimator that drops the γ^t factor in front of each step
-        (finite horizon only). It is not ∇J when γ < 1.
+        ``discount_weighting=False`` gives instead Σ_t Σ_s P(s_t = s) π(a|s)(Q_t − V_t), Eq. (1.16),
+        §1.6: the expectation of the common estimator that drops the γ^t factor in front of each
+        step (finite horizon only). It is not ∇J when γ < 1.
         """
         if discount_weighting:
             return self.exact(theta.detach()).gradient
@@ -431,12 +431,14 @@ class TabularMDP:
         return torch.einsum("ts,sa,tsa->sa", sol.state_dist_by_time, pi, adv)
 
     def cpi_surrogate(self, theta: torch.Tensor, theta_old: torch.Tensor) -> torch.Tensor:
-        """The conservative-policy-iteration surrogate L^CPI_{θold}(θ), exact and differentiable in θ.
+        """Eq. (2.7), §2.3: the surrogate L^CPI_{θold}(θ), exact and differentiable in θ ↔ ``theta``.
 
         L(θ) = J(θold) + Σ_t γ^t Σ_s d_t^old(s) Σ_a π_θ(a|s) A_t^old(s, a), with d_t^old and
         A_t^old = Q_t^old − V_t^old of the *old* policy: actions are re-weighted (the per-step
         ratio π_θ/π_θold), states are not. Hence L(θold) = J(θold) and ∇L(θold) = ∇J(θold), but
         L and J drift apart as θ moves (they differ by the change in the state distribution).
+        With ``horizon=None`` this is the L of TRPO's bound, Eq. (2.12). Shapes: ``theta``,
+        ``theta_old`` [S, A] → scalar.
         """
         theta_old = theta_old.detach()
         pi = self.probs(theta)

@@ -1,0 +1,113 @@
+"""ppo_lab.toy.networks: heads against torch.distributions, TwinLinear against nn.Linear, init."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ppo_lab.toy.networks import ActorCritic, TwinLinear, gaussian_entropy, gaussian_logprobs
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_gaussian_logprobs_and_entropy_match_torch_distributions():
+    mean, log_std = torch.randn(5, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    actions = torch.randn(5, 3, dtype=torch.float64)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    torch.testing.assert_close(gaussian_logprobs(mean, log_std, actions),
+                               normal.log_prob(actions).sum(-1))
+    torch.testing.assert_close(gaussian_entropy(log_std, torch.Size([5])), normal.entropy().sum(-1))
+
+
+def test_gaussian_logprob_by_hand():
+    # one dimension, μ = 0, σ = 1, a = 1: −½ − ½ log 2π
+    value = gaussian_logprobs(torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1))
+    assert value.item() == pytest.approx(-0.5 - 0.5 * math.log(2 * math.pi))
+
+
+def test_twin_linear_is_two_linear_layers():
+    twin = TwinLinear(4, 3)
+    x = torch.randn(7, 4)
+    out = twin(x)
+    assert out.shape == (2, 7, 3)
+    for i in range(2):
+        linear = nn.Linear(4, 3)
+        with torch.no_grad():
+            linear.weight.copy_(twin.weight[i].T)
+            linear.bias.copy_(twin.bias[i, 0])
+        torch.testing.assert_close(out[i], linear(x))
+        torch.testing.assert_close(twin(torch.stack([x, 2 * x]))[i], linear((i + 1) * x))
+
+
+@pytest.mark.parametrize("in_dim, out_dim", [(4, 64), (64, 64), (64, 8)])
+def test_orthogonal_init_with_gain(in_dim, out_dim):
+    twin = TwinLinear(in_dim, out_dim, gain=math.sqrt(2))
+    assert torch.count_nonzero(twin.bias) == 0
+    for w in twin.weight:  # [in, out]: the smaller side is orthonormal (times the gain)
+        gram = w.T @ w if out_dim <= in_dim else w @ w.T
+        torch.testing.assert_close(gram, 2 * torch.eye(min(in_dim, out_dim)), atol=1e-5, rtol=0)
+    assert not torch.equal(twin.weight[0], twin.weight[1])  # two independent layers
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_discrete_actor_critic_against_categorical(shared):
+    agent = ActorCritic(4, 3, continuous=False, shared_trunk=shared)
+    obs = torch.randn(6, 4)
+    actions, logprobs, values = agent.act(obs)
+    assert actions.shape == (6,) and actions.dtype == torch.int64
+    new_logprobs, entropy, new_values = agent.evaluate(obs, actions)
+    logits, _ = agent._policy_and_value(obs)
+    dist = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(logprobs, dist.log_prob(actions))
+    torch.testing.assert_close(new_logprobs, logprobs)
+    torch.testing.assert_close(entropy, dist.entropy())
+    torch.testing.assert_close(new_values, values)
+    assert values.shape == (6,)
+    assert agent.evaluate(obs, actions, entropy=False)[1] is None
+    # detail 2: the 0.01-gain policy head starts the policy close to uniform
+    assert (dist.probs - 1 / 3).abs().max() < 0.05
+
+
+def test_continuous_actor_critic_samples_its_own_gaussian():
+    agent = ActorCritic(3, 2, continuous=True, init_log_std=-1.0)
+    obs = torch.randn(4000, 3)
+    actions, logprobs, _ = agent.act(obs)
+    mean, _ = agent._policy_and_value(obs)
+    assert actions.shape == (4000, 2)
+    assert (actions - mean).std().item() == pytest.approx(math.exp(-1.0), rel=0.05)
+    torch.testing.assert_close(agent.evaluate(obs, actions)[0], logprobs)
+    assert agent.evaluate(obs, actions)[1].shape == (4000,)
+
+
+def test_shared_trunk_has_fewer_parameters_and_separate_trunks_are_independent():
+    separate = ActorCritic(4, 2, continuous=False)
+    shared = ActorCritic(4, 2, continuous=False, shared_trunk=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separate) == count(shared) + (4 * 64 + 64) + (64 * 64 + 64)
+    # In the separate network, the value loss has no gradient on the policy slice.
+    obs = torch.randn(8, 4)
+    separate.get_value(obs).sum().backward()
+    assert separate.policy_head.weight.grad is None
+    for layer in (separate.trunk[0], separate.trunk[2]):
+        assert torch.count_nonzero(layer.weight.grad[0]) == 0
+        assert torch.count_nonzero(layer.weight.grad[1]) > 0
+
+
+def test_for_spaces():
+    box = gym.spaces.Box(-1, 1, (5,), np.float32)
+    assert not ActorCritic.for_spaces(box, gym.spaces.Discrete(3)).continuous
+    assert ActorCritic.for_spaces(box, gym.spaces.Box(-2, 2, (2,), np.float32)).continuous
+    with pytest.raises(ValueError, match="^action_space: "):
+        ActorCritic.for_spaces(box, gym.spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="^observation_space: "):
+        ActorCritic.for_spaces(gym.spaces.Discrete(4), gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="^hidden_sizes: "):
+        ActorCritic(4, 2, continuous=False, hidden_sizes=())
