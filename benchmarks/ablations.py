@@ -4,10 +4,14 @@
     python benchmarks/ablations.py --seeds 0    # a quick look (do not commit)
 
 The baseline is CleanRL's ``ppo.py`` CartPole configuration (4 envs x 128 steps, 4 minibatches,
-4 epochs, lr 2.5e-4 annealed, γ 0.99, λ 0.95, ε 0.2, value clipping 0.2, entropy 0.01, gradient
-norm 0.5), cut to 2×10⁵ env steps. Each variant changes one switch. Runs are interleaved by seed
-(all variants of seed 0, then seed 1, ...), each in a fresh one-thread process. Curves are the
-running mean of the last 20 episode returns, subsampled to ~100 points per run.
+γ 0.99, λ 0.95, ε 0.2, value clipping 0.2, entropy 0.01, gradient norm 0.5, annealed learning
+rate) with a stronger update: learning rate 1e-3 instead of 2.5e-4 and 10 epochs instead of 4.
+With CleanRL's own 2.5e-4 x 4 epochs the policy barely moves in an update (max approx KL about
+0.002) and the clip never binds, so removing it changes nothing; here it binds, and the
+ablations show what each detail protects against. 2×10⁵ env steps per run. Each variant changes
+one switch. Runs are interleaved by seed (all variants of seed 0, then seed 1, ...), each in a
+fresh one-thread process. Curves are the running mean of the last 20 episode returns,
+subsampled to ~100 points per run.
 """
 
 from __future__ import annotations
@@ -24,17 +28,17 @@ from common import (first_reach, last_mean, median, peak_rss_mb, run_worker,  # 
 
 TOTAL = 200_000
 BASELINE = dict(env_id="CartPole-v1", total_timesteps=TOTAL, num_envs=4, num_steps=128,
-                num_minibatches=4, ppo_epochs=4, learning_rate=2.5e-4, gamma=0.99,
+                num_minibatches=4, ppo_epochs=10, learning_rate=1e-3, gamma=0.99,
                 gae_lambda=0.95, clip_eps=0.2, vf_clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
                 max_grad_norm=0.5)
 VARIANTS = {
-    "baseline": {},
+    "baseline": {},  # λ = 0.95, 10 epochs
     "no policy clipping": {"clip_eps": None},
     "no advantage normalisation": {"norm_adv": False},
     "lambda = 1": {"gae_lambda": 1.0},
     "no value clipping": {"vf_clip_eps": None},
     "1 epoch": {"ppo_epochs": 1},
-    "10 epochs": {"ppo_epochs": 10},
+    "4 epochs": {"ppo_epochs": 4},
 }
 
 

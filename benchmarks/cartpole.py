@@ -1,7 +1,7 @@
 """CartPole-v1: ppo_lab against Stable-Baselines3 PPO, 5 seeds, one CPU thread per run.
 
     python benchmarks/cartpole.py                 # writes benchmarks/results/cartpole.json
-    python benchmarks/cartpole.py --seeds 0 1     # fewer seeds (a quick look; do not commit)
+    python benchmarks/cartpole.py --seeds 5 6 --out /tmp/more.json   # other seeds, elsewhere
 
 Three runs per seed, interleaved (ppo_lab seed 0, SB3 seed 0, tuned seed 0, ppo_lab seed 1, …)
 so that changing load on the machine hits all three alike; each run is a fresh process.
@@ -14,7 +14,8 @@ so that changing load on the machine hits all three alike; each run is a fresh p
 2. ``ppo_lab-tuned`` (preset ``cartpole``): ppo_lab's own settings for wall-clock time.
 
 Per run: env steps and wall-clock seconds until the mean of the last 20 episode returns first
-reaches 475 (clock started before the envs are built, after imports), the final such mean,
+reaches 475 (clock started before the envs are built, after imports — torch._dynamo included,
+which torch.optim imports on first use), the final such mean,
 steps per second over the whole run, peak RSS. SB3 is a benchmark-only dependency
 (``pip install -e .[bench]``).
 """
@@ -51,6 +52,7 @@ def _result(episodes: list[dict], total_steps: int, seconds: float) -> dict:
 
 def worker_ppo_lab(preset: str, seed: int) -> dict:
     import torch
+    import torch._dynamo  # noqa: F401  (imported by any torch optimizer's first use: ~1 s)
 
     from ppo_lab.toy.ppo import PRESETS, train
 
@@ -67,6 +69,7 @@ def worker_ppo_lab(preset: str, seed: int) -> dict:
 
 def worker_sb3(seed: int) -> dict:
     import torch
+    import torch._dynamo  # noqa: F401  (imported by any torch optimizer's first use: ~1 s)
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -102,6 +105,8 @@ def worker_sb3(seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default benchmarks/results/cartpole.json)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNNER", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -160,7 +165,7 @@ def main() -> None:
                               "seeds": args.seeds, "torch_threads": 1,
                               "benchmark_wall_seconds": round(time.perf_counter() - wall_start, 1)},
                  [{"runner": name, **row} for name, rows in runs.items() for row in rows],
-                 summary={"per_runner": summary, "ratios": ratios, "targets": targets})
+                 out=args.out, summary={"per_runner": summary, "ratios": ratios, "targets": targets})
     print(f"wrote {path}")
 
 

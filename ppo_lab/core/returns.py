@@ -28,12 +28,13 @@ def backward_discounted_sum(x: torch.Tensor, discounts: torch.Tensor) -> torch.T
       and p + s is already final, so y_p = a_p + b_p·y_{p+s}.
 
     2⌈log₂T⌉ − 1 rounds, each one or two fused in-place ops on a strided view of the whole
-    ``[T, ...]`` tensor: O(T·N) work in all, about 3⌈log₂T⌉ op calls instead of the loop's T. Numerically stable: the b's are products of
-    discounts in [0, 1], so they only shrink — nothing is divided, no cumulative product is
-    inverted, nothing overflows (T = 100 000 in float32 is fine). Computes in the input dtype
-    for float32/float64, in float32 for 16-bit inputs. No argument checks: callers validate
-    (``discounts`` has ``x``'s shape). Autograd flows through it: the gradient of this backward
-    recursion is a forward recursion with the same discounts, solved by the same scan.
+    ``[T, ...]`` tensor: O(T·N) work in all, about 3⌈log₂T⌉ op calls instead of the loop's T.
+    Numerically stable: the b's are products of discounts in [0, 1], so they only shrink —
+    nothing is divided, no cumulative product is inverted, nothing overflows (T = 100 000 in
+    float32 is fine). Computes in the input dtype for float32/float64, in float32 for 16-bit
+    inputs. No argument checks: callers validate (``discounts`` has ``x``'s shape). Autograd
+    flows through it: the gradient of this backward recursion is a forward recursion with the
+    same discounts, solved by the same scan.
     """
     dtype = check.compute_dtype(x, discounts)
     x, discounts = x.to(dtype), discounts.to(dtype)
@@ -42,21 +43,17 @@ def backward_discounted_sum(x: torch.Tensor, discounts: torch.Tensor) -> torch.T
     T = x.shape[0]
     a = x.clone(memory_format=torch.contiguous_format)  # (T, ...) a_p, becomes y_p in place
     b = discounts.clone(memory_format=torch.contiguous_format)  # (T, ...) b_p
-    strides = []
     s = 1
-    while s < T:  # up-sweep
-        a_s, b_s = a[::s], b[::s]  # (n, ...) positions 0, s, 2s, …, n = ⌈T/s⌉
-        n = a_s.shape[0]
-        a_s[0 : n - 1 : 2].addcmul_(b_s[0 : n - 1 : 2], a_s[1:n:2])  # p = 0, 2s, …: a_p += b_p·a_{p+s}
-        if 2 * s < T:  # the last round's products are never read
-            b_s[0 : n - 1 : 2].mul_(b_s[1:n:2])  # b_p *= b_{p+s}
-        strides.append(s)
+    while s < T:  # up-sweep: p = 0, 2s, 4s, … with p + s < T absorbs p + s
+        b_left = b[0 : T - s : 2 * s]  # (⌈(T − s)/2s⌉, ...) b_p
+        a[0 : T - s : 2 * s].addcmul_(b_left, a[s :: 2 * s])  # a_p += b_p·a_{p+s}
+        if 2 * s < T:  # the last round's product is never read
+            b_left.mul_(b[s :: 2 * s])  # b_p *= b_{p+s}
         s *= 2
-    for s in reversed(strides):  # down-sweep
-        a_s, b_s = a[::s], b[::s]  # (n, ...)
-        n = a_s.shape[0]
-        if n > 2:  # p = s, 3s, …, with p + s < T: y_p = a_p + b_p·y_{p+s}
-            a_s[1 : n - 1 : 2].addcmul_(b_s[1 : n - 1 : 2], a_s[2:n:2])
+    s //= 2  # the up-sweep's last stride: it made position 0 final
+    while s > 1:  # down-sweep, s = …, 4, 2, 1: p = s, 3s, 5s, … with p + s < T
+        s //= 2
+        a[s : T - s : 2 * s].addcmul_(b[s : T - s : 2 * s], a[2 * s :: 2 * s])  # y_p = a_p + b_p·y_{p+s}
     return a
 
 

@@ -57,6 +57,7 @@ def test_check_field():
     (dict(hidden_sizes=(64, 0)), "hidden_sizes"),
     (dict(checkpoint_every=5), "run_dir"),
     (dict(resume=True), "run_dir"),
+    (dict(vectorization_mode="async", checkpoint_every=1, run_dir="r"), "vectorization_mode"),
 ])
 def test_ppo_config_names_the_bad_field(changes, field):
     with pytest.raises(ValueError, match=rf"^{re.escape(field)}: "):

@@ -164,8 +164,15 @@ def test_resume_in_process_matches(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_trains_on_cuda():
-    result = train(SMALL.replace(device="cuda"))
+def test_trains_and_resumes_on_cuda(tmp_path):
+    config = SMALL.replace(device="cuda", run_dir=str(tmp_path), checkpoint_every=4)
+    result = train(config)
     assert all(p.is_cuda for p in result.agent.parameters())
     assert all(torch.isfinite(p).all() for p in result.agent.parameters())
     assert len(result.history) == 8
+    reloaded = train(config.replace(resume=True))  # a finished run: loads onto CUDA, no steps
+    for key, value in reloaded.agent.state_dict().items():
+        assert value.is_cuda and torch.equal(value, result.agent.state_dict()[key]), key
+    pendulum = train(PRESETS["pendulum"][1].replace(total_timesteps=2048, num_steps=256,
+                                                    num_minibatches=4, device="cuda"))
+    assert pendulum.agent.log_std.is_cuda

@@ -189,6 +189,18 @@ def test_env_state_checks_the_env_type():
         load_vector_env_state(make_vector_env("Pendulum-v1", 2), state)
 
 
+def test_async_vector_env_collects():
+    envs = make_vector_env("CartPole-v1", 2, vectorization_mode="async")
+    assert type(envs.unwrapped).__name__ == "AsyncVectorEnv"
+    state = reset_rollout_state(envs, seed=0, device="cpu")
+    batch = collect_rollout(envs, LinearValueAgent(), state, 40)  # always push left: ~10 steps
+    assert batch.obs.shape == (40, 2, 4) and (~batch.mask).sum() >= 2
+    assert torch.equal(~batch.mask[1:], batch.episode_ends[:-1])
+    with pytest.raises(ValueError, match="^vectorization_mode: "):
+        vector_env_state(envs)
+    envs.close()
+
+
 def test_make_vector_env_modes():
     assert type(make_vector_env("CartPole-v1", 2, vectorization_mode="sync").unwrapped) is SyncVectorEnv
     assert type(make_vector_env("Pendulum-v1", 2).unwrapped) is SyncVectorEnv  # no vector entry point
