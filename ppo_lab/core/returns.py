@@ -77,7 +77,7 @@ class _BackwardDiscountedSum(torch.autograd.Function):
         grad_x = backward_discounted_sum(grad_y.flip(0), previous.flip(0)).flip(0)  # (T, ...)
         grad_discounts = None
         if ctx.needs_input_grad[1]:
-            grad_discounts = grad_x * torch.cat([y[1:], torch.zeros_like(y[:1])])  # g̃_t · y_{t+1}
+            grad_discounts = grad_x * torch.cat([y[1:], torch.zeros_like(y[:1])])  # ∂L/∂x_t · y_{t+1}
         return grad_x, grad_discounts
 
 

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import tyro
 
-from ppo_lab.toy.ppo import PRESETS, PPOConfig, TrainResult, train
+from ppo_lab.toy.ppo import PRESETS, TrainResult, train
 
 __all__ = ["main", "plot_learning_curve", "write_run_files"]
-
-RETURN_KEY = "env/episodic_return"
 
 
 def write_run_files(result: TrainResult, run_dir: str | Path, command: str = "") -> None:
