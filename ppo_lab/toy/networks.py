@@ -135,7 +135,7 @@ class ActorCritic(nn.Module):
         return self._policy_and_value(obs)[1]
 
     def act(self, obs: torch.Tensor):
-        """Sample a ~ π(·|s): returns ``(actions, logprobs, values)``.
+        """Sample ``a ~ π(·|s)``: returns ``(actions, logprobs, values)``.
 
         Sampling draws from torch's global generator, so a seeded run is reproducible.
         """
@@ -148,7 +148,7 @@ class ActorCritic(nn.Module):
         return actions, logprobs_from_logits(out, actions), values
 
     def evaluate(self, obs: torch.Tensor, actions: torch.Tensor, *, entropy: bool = True):
-        """log π(a|s), entropy H[π(·|s)] (None unless ``entropy``) and V(s) for given actions —
+        """``log π(a|s)``, entropy ``H[π(·|s)]`` (None unless ``entropy``) and V(s) for given actions —
         the PPO update's forward pass."""
         out, values = self._policy_and_value(obs)
         if self.continuous:

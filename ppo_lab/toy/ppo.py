@@ -74,7 +74,7 @@ class PPOConfig(ConfigBase):
     clip_eps: float | None = 0.2
     """ε: policy ratio clip range; None turns clipping off (plain L^CPI)."""
     anneal_clip: bool = False
-    """Decay clip_eps linearly to 0 along with the learning rate (SB3's "lin_" clip ranges)."""
+    """Decay clip_eps linearly to 0 along with the learning rate (SB3's ``lin_`` clip ranges)."""
     vf_clip_eps: float | None = None
     """ε_v: value clipping around the old values (detail 9); None turns it off."""
     norm_adv: bool = True
