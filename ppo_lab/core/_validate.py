@@ -21,7 +21,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """
     dtype = torch.float32
     for t in tensors:
-        if t.is_floating_point():
+        if t.dtype != dtype and t.is_floating_point():
             dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
@@ -34,6 +34,8 @@ def tensor(x, name: str) -> torch.Tensor:
 
 def float_tensor(x, name: str, dtype: torch.dtype) -> torch.Tensor:
     x = tensor(x, name)
+    if x.dtype == dtype:  # already the (real float) compute dtype: nothing to check or cast
+        return x
     if x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"{name}: expected a real float tensor, got {x.dtype}")
     return x.to(dtype)
@@ -49,16 +51,20 @@ def same_shape(shape: torch.Size, ref_name: str, **tensors: torch.Tensor) -> Non
 
 def alike(**named) -> dict[str, torch.Tensor]:
     """Check that each named argument is a tensor with the first one's shape (named in errors)."""
-    named = {name: tensor(t, name) for name, t in named.items()}
-    (first_name, first), *rest = named.items()
-    same_shape(first.shape, first_name, **dict(rest))
+    for name, t in named.items():
+        tensor(t, name)
+    first_name = next(iter(named))
+    same_shape(named[first_name].shape, first_name, **named)
     return named
 
 
 def floats(**named) -> list[torch.Tensor]:
     """``alike`` tensors cast to their common compute dtype (see ``compute_dtype``)."""
     named = alike(**named)
-    dtype = compute_dtype(*named.values())
+    tensors = list(named.values())
+    if all(t.dtype == torch.float32 for t in tensors):  # the common case: nothing to cast
+        return tensors
+    dtype = compute_dtype(*tensors)
     return [float_tensor(t, name, dtype) for name, t in named.items()]
 
 

@@ -281,18 +281,19 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
     obs, actions = batch.obs.flatten(0, 1)[real], batch.actions.flatten(0, 1)[real]
     old_logprobs, old_values = batch.logprobs.flatten()[real], batch.values.flatten()[real]
     advantages, returns = advantages.flatten()[real], returns.flatten()[real]
+    # detail 7: per-minibatch advantage normalisation (Andrychowicz et al. 2021). When one
+    # minibatch is the whole batch (the zoo's CartPole set), it is the same every epoch: do it once.
+    whiten = config.norm_adv
+    if whiten and 2 <= len(real) <= minibatch_size:
+        advantages, whiten = masked_whiten(advantages, None), False
     totals: dict[str, float] = defaultdict(float)
     num_minibatches, epochs_done, stop = 0, 0, False
     for _epoch in range(config.ppo_epochs):
-        for idx in torch.randperm(len(real), device=real.device).split(minibatch_size):
-            if len(idx) < 2:  # a leftover of one transition has no variance to whiten with
-                continue
+        for idx in _minibatches(len(real), minibatch_size, real.device):
             # The entropy term is only built when it is in the loss; it is logged below.
             logprobs, entropy, values = agent.evaluate(obs[idx], actions[idx],
                                                        entropy=config.ent_coef > 0)
-            mb_advantages = advantages[idx]
-            if config.norm_adv:  # detail 7: per-minibatch normalisation (Andrychowicz et al. 2021)
-                mb_advantages = masked_whiten(mb_advantages, None)
+            mb_advantages = masked_whiten(advantages[idx], None) if whiten else advantages[idx]
             loss, stats = ppo_loss(
                 logprobs=logprobs, old_logprobs=old_logprobs[idx], advantages=mb_advantages,
                 values=values, old_values=old_values[idx], returns=returns[idx], entropy=entropy,
@@ -320,6 +321,18 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
         with torch.no_grad():
             totals["entropy"] = float(agent.evaluate(obs, actions)[1].mean()) * num_minibatches
     return _mean_stats(totals, num_minibatches), epochs_done
+
+
+def _minibatches(num: int, minibatch_size: int, device: torch.device) -> list:
+    """One epoch's minibatches of ``range(num)``: a fresh shuffle split into ``minibatch_size``
+    index sets, leftovers of one transition dropped (they have no variance to whiten with).
+    When one minibatch holds everything, a shuffle would only reorder sums: the whole batch is
+    then taken as it is (``slice(None)``, views instead of copies)."""
+    if num < 2:
+        return []
+    if minibatch_size >= num:
+        return [slice(None)]
+    return [idx for idx in torch.randperm(num, device=device).split(minibatch_size) if len(idx) >= 2]
 
 
 def _mean_stats(totals: dict[str, float], num_minibatches: int) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ppo_lab.toy.networks import ActorCritic, TwinLinear, gaussian_entropy, gaussian_logprobs
+from ppo_lab.toy.networks import ActorCritic, Tanh, TwinLinear, gaussian_entropy, gaussian_logprobs
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,17 @@ def test_gaussian_logprob_by_hand():
     # one dimension, μ = 0, σ = 1, a = 1: −½ − ½ log 2π
     value = gaussian_logprobs(torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1))
     assert value.item() == pytest.approx(-0.5 - 0.5 * math.log(2 * math.pi))
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_tanh_through_the_sigmoid_is_tanh(dtype, atol):
+    x = torch.cat([torch.linspace(-30, 30, 601, dtype=dtype), torch.randn(1000, dtype=dtype)])
+    x.requires_grad_(True)
+    y = Tanh()(x)
+    torch.testing.assert_close(y, torch.tanh(x), atol=atol, rtol=0)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x).square(), atol=4 * atol, rtol=0)
+    assert Tanh()(torch.tensor([0.0])).item() == 0.0 and y.abs().max() <= 1
 
 
 def test_twin_linear_is_two_linear_layers():

@@ -10,7 +10,7 @@ import torch
 from ppo_lab.core import gae_advantages
 from ppo_lab.toy.networks import ActorCritic
 import ppo_lab.toy.ppo as ppo_module
-from ppo_lab.toy.ppo import CHECKPOINT_NAME, PRESETS, PPOConfig, _optimise, train
+from ppo_lab.toy.ppo import CHECKPOINT_NAME, PRESETS, PPOConfig, _minibatches, _optimise, train
 from ppo_lab.toy.rollout import collect_rollout, make_vector_env, reset_rollout_state
 
 SMALL = PPOConfig(env_id="CartPole-v1", seed=3, total_timesteps=2048, num_envs=4, num_steps=64,
@@ -100,6 +100,19 @@ def test_ghost_steps_are_dropped_not_zeroed():
     _optimise(copy, torch.optim.Adam(copy.parameters(), lr=1e-3), batch, advantages, returns,
               config, minibatch_size=100, clip_eps=0.2)
     _assert_same_weights(_weights(agent), _weights(copy))
+
+
+def test_minibatches_cover_every_transition_once():
+    torch.manual_seed(0)
+    batches = _minibatches(10, 4, torch.device("cpu"))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert [len(b) for b in _minibatches(9, 4, torch.device("cpu"))] == [4, 4]  # leftover of 1
+    # one minibatch holds the whole batch: taken as it is, no shuffle drawn from the generator
+    state = torch.get_rng_state()
+    assert _minibatches(10, 16, torch.device("cpu")) == [slice(None)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert _minibatches(1, 16, torch.device("cpu")) == []
 
 
 def test_early_stop_on_kl():
