@@ -223,14 +223,14 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
         # 1. Roll out π_θold: T steps in each of the N envs. Ghost (autoreset) steps get mask False.
         batch = collect_rollout(envs, agent, state, config.num_steps)
 
-        # 2. GAE(γ, λ) and returns, eqs. (4.1)–(4.3): bootstrap through truncations, not
+        # 2. GAE(γ, λ) and returns, Eq. (4.9): bootstrap through truncations, not
         #    through terminations, and never across an episode end (detail 5).
         advantages, returns = gae_advantages(
             rewards=batch.rewards, values=batch.values, next_values=batch.next_values,
             terminated=batch.terminated, episode_ends=batch.episode_ends,
             gamma=config.gamma, gae_lambda=config.gae_lambda)  # [T, N] each
 
-        # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, eq. (3.4).
+        # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, Eqs. (3.11)–(3.12).
         lr = optimizer.param_groups[0]["lr"]
         stats, epochs_done = _optimise(agent, optimizer, batch, advantages, returns, config,
                                        sizes.minibatch_size, clip_eps)
