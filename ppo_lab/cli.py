@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        # Everything after `train` (its own --help included) belongs to the trainer's CLI.
+        return _train(argparse.Namespace(train_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -37,10 +37,10 @@ class Metric:
 
 
 _ALL = (
-    Metric("loss/total", "总损失", "The minimised PPO loss: policy_loss + vf_coef·value_loss − ent_coef·entropy (eq. 3.4)."),
-    Metric("policy/loss", "策略损失", "−L^CLIP, the clipped surrogate loss of the minibatch (eq. 3.1)."),
+    Metric("loss/total", "总损失", "The minimised PPO loss: policy_loss + vf_coef·value_loss − ent_coef·entropy (Eq. (3.12))."),
+    Metric("policy/loss", "策略损失", "−L^CLIP, the clipped surrogate loss of the minibatch (Eq. (3.2))."),
     Metric(
-        "policy/entropy", "熵", "Mean entropy of the policy's action (token) distribution, in nats (eq. 3.3).",
+        "policy/entropy", "熵", "Mean entropy of the policy's action (token) distribution, in nats (Eq. (3.9)).",
         outside="A fast fall to ~0 early in training means premature collapse to a deterministic policy.",
     ),
     Metric(
@@ -55,7 +55,7 @@ _ALL = (
         outside="Above ~0.05 the update leaves the trust region (CleanRL/SB3 early-stop at target_kl ≈ 0.01–0.05); < 0 is impossible for k3 and means a bug.",
         source="CleanRL target_kl; SB3 target_kl",
     ),
-    Metric("value/loss", "价值损失", "½·mean of the (clipped) squared error of the value function (eq. 3.2)."),
+    Metric("value/loss", "价值损失", "½·mean of the (clipped) squared error of the value function (Eqs. (3.7)–(3.8))."),
     Metric(
         "value/clip_fraction", "价值裁剪比例", "Fraction of kept samples with |v − v_old| > vf_clip_eps.",
         outside="Depends on the return scale; near 1 the value clip blocks learning (raise vf_clip_eps or normalise returns).",

@@ -38,7 +38,7 @@ from ppo_lab.toy.rollout import (RolloutBatch, VectorizationMode, collect_rollou
 
 __all__ = ["PRESETS", "PPOConfig", "TrainResult", "train"]
 
-# clip(ρ, 1 − ε, 1 + ε) = ρ for every ratio a run can reach, so L^CLIP becomes L^CPI (eq. 2.2).
+# clip(ρ, 1 − ε, 1 + ε) = ρ for every ratio a run can reach, so L^CLIP becomes L^CPI (Eq. (2.8)).
 NO_CLIP = 1e9
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.book
 
-CITE = re.compile(r"Eq(?:s?)\.\s*\((\d+)\.(\d+)\)")
+CITE = re.compile(r"\b[Ee]qs?\.\s*\(?(\d+)\.(\d+)\)?")
 LABEL = re.compile(r"^\$\$\s*\((eq-(\d+)-(\d+))\)\s*$", re.M)
 
 
