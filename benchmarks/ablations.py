@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (first_reach, last_mean, median, peak_rss_mb, run_worker,  # noqa: E402
+from ppo_lab.metrics import first_reach  # noqa: E402
+from common import (last_mean, median, peak_rss_mb, run_worker,  # noqa: E402
                     subsample_curve, write)
 
 TOTAL = 200_000

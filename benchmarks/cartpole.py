@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import first_reach, last_mean, median, peak_rss_mb, run_worker, write  # noqa: E402
+from ppo_lab.metrics import first_reach  # noqa: E402
+from common import last_mean, median, peak_rss_mb, run_worker, write  # noqa: E402
 
 THRESHOLD = 475.0
 CAP = 200_000

@@ -119,19 +119,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def first_reach(episodes: Sequence[dict], threshold: float, window: int = 20) -> dict | None:
-    """The first episode at which the mean return of the last ``window`` episodes is
-    ``>= threshold`` (a dict with ``global_step`` and ``time``), or None if it never is."""
-    total = 0.0
-    for i, episode in enumerate(episodes):
-        total += episode["return"]
-        if i >= window:
-            total -= episodes[i - window]["return"]
-        if i + 1 >= window and total / window >= threshold:
-            return episode
-    return None
-
-
 def last_mean(episodes: Sequence[dict], window: int = 20) -> float | None:
     """Mean return of the last ``window`` episodes."""
     tail = [e["return"] for e in episodes[-window:]]

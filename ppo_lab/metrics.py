@@ -10,6 +10,7 @@ task-dependent (returns, losses, entropy) has no range.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -137,3 +138,29 @@ def markdown_table() -> str:
         healthy = f"[{bound(m.low) or '−∞'}, {bound(m.high) or '∞'}]" if m.has_range else "task-dependent"
         rows.append(f"| `{m.key}` | {m.name_zh} | {m.description} | {healthy} | {m.outside} | {m.source} |")
     return "\n".join(rows)
+
+
+# --- episode statistics: the "solved" criterion and the smoothed learning curve --------------
+
+
+def running_mean(values: Sequence[float], window: int = 20) -> list[float]:
+    """Mean of the last ``window`` values at each position (fewer at the start): the learning
+    curve the CLI, the benchmarks and chapter 5 draw."""
+    out = []
+    for i in range(len(values)):
+        lo = max(0, i + 1 - window)
+        out.append(float(sum(values[lo:i + 1])) / (i + 1 - lo))
+    return out
+
+
+def first_reach(episodes: Sequence[dict], threshold: float, window: int = 20) -> dict | None:
+    """The first episode at which the mean return of the last ``window`` episodes is
+    ``>= threshold`` (a dict with ``global_step`` and ``time``), or None if it never is."""
+    total = 0.0
+    for i, episode in enumerate(episodes):
+        total += episode["return"]
+        if i >= window:
+            total -= episodes[i - window]["return"]
+        if i + 1 >= window and total / window >= threshold:
+            return episode
+    return None

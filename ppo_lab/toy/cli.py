@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tyro
 
+from ppo_lab.metrics import running_mean
 from ppo_lab.toy.ppo import PRESETS, TrainResult, train
 
 __all__ = ["main", "plot_learning_curve", "write_run_files"]
@@ -49,8 +50,7 @@ def plot_learning_curve(result: TrainResult, path: str | Path, window: int = 20)
 
     steps = [e["global_step"] for e in result.episodes]
     returns = [e["return"] for e in result.episodes]
-    running = [sum(returns[max(0, i + 1 - window):i + 1]) / (i + 1 - max(0, i + 1 - window))
-               for i in range(len(returns))]
+    running = running_mean(returns, window)
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     ax.plot(steps, returns, ".", alpha=0.25, markersize=3, label="episode return")

@@ -56,3 +56,14 @@ def test_markdown_table_has_a_row_per_metric():
     assert len(table) == 2 + len(metrics.METRICS)
     assert any("`policy/clip_fraction`" in row and "[0, 0.3]" in row for row in table)
     assert any("`objective/kl`" in row and "[0, ∞]" in row for row in table)
+
+
+def test_running_mean_and_first_reach_by_hand():
+    from ppo_lab.metrics import first_reach, running_mean
+
+    assert running_mean([1, 2, 3, 4], window=2) == [1.0, 1.5, 2.5, 3.5]
+    episodes = [{"return": r, "global_step": 10 * (i + 1)} for i, r in enumerate([0, 4, 4, 2, 6])]
+    # window 2 means: 2, 4, 3, 4 -> first >= 4 at the third episode
+    assert first_reach(episodes, threshold=4, window=2)["global_step"] == 30
+    assert first_reach(episodes, threshold=5, window=2) is None
+    assert first_reach(episodes[:1], threshold=0, window=2) is None  # fewer than `window` episodes
