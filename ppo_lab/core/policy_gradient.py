@@ -49,10 +49,15 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     """``log softmax(logits)[..., tokens]``: log π(a|s) ↔ ``logprobs``; its gradient is Eq. (1.3), §1.1.
 
     Shapes: ``logits [..., V]``, ``tokens [...]`` (integer) → ``[...]``. 16-bit logits give
-    float32 log-probs (float64 stays float64). Computed as ``logits[a] − logsumexp(logits)``,
-    never materialising the full log-softmax. The caller divides logits by the sampling
+    float32 log-probs (float64 stays float64). The caller divides logits by the sampling
     temperature first and aligns positions: ``logits[:, :-1]`` predicts ``ids[:, 1:]`` (the
     seed used the logits that had already seen the token, errata 1).
+
+    Two exact forms of the same number. Small logits (a toy policy's ``[B, A]``, up to
+    ``_CHUNK_ELEMENTS``): ``log_softmax`` then gather — one fused kernel, ~3× faster on a CPU
+    than ``logsumexp``. Large logits (a language model's ``[B, T, V]``): ``logits[a] −
+    logsumexp(logits)``, which keeps no second ``[B, T, V]`` tensor alive for the backward pass
+    (``log_softmax`` saves its output).
     """
     logits = _check_logits(logits)
     tokens = check.tensor(tokens, "tokens")
@@ -60,14 +65,19 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
         raise ValueError(f"tokens: expected an integer tensor, got {tokens.dtype}")
     if tokens.shape != logits.shape[:-1]:
         raise ValueError(f"tokens: shape {tuple(tokens.shape)} does not match logits shape {tuple(logits.shape)} without its last dim")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= logits.shape[-1]):
-        raise ValueError(f"tokens: values must lie in [0, {logits.shape[-1]})")
+    if tokens.numel():
+        low, high = torch.aminmax(tokens)  # one pass over the tokens
+        if int(low) < 0 or int(high) >= logits.shape[-1]:
+            raise ValueError(f"tokens: values must lie in [0, {logits.shape[-1]})")
+    idx = tokens.long().unsqueeze(-1)  # (..., 1)
+    if logits.numel() <= _CHUNK_ELEMENTS:
+        return torch.log_softmax(logits, dim=-1, dtype=check.compute_dtype(logits)).gather(-1, idx).squeeze(-1)
 
     def gather_minus_lse(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        picked = rows.gather(-1, idx.long().unsqueeze(-1)).squeeze(-1)  # (...)
+        picked = rows.gather(-1, idx.unsqueeze(-1)).squeeze(-1)  # (...)
         return picked - torch.logsumexp(rows, dim=-1)
 
-    return _rowwise(gather_minus_lse, logits, tokens)
+    return _rowwise(gather_minus_lse, logits, idx.squeeze(-1))
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

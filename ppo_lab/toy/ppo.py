@@ -31,6 +31,7 @@ from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint,
                                 set_rng_state)
 from ppo_lab.config import ConfigBase, check_field, derive_batch_sizes
 from ppo_lab.core import explained_variance, gae_advantages, masked_whiten, ppo_loss
+from ppo_lab.scale.flat import FlatParameters
 from ppo_lab.toy.networks import ActorCritic
 from ppo_lab.toy.rollout import (RolloutBatch, VectorizationMode, collect_rollout,
                                  load_vector_env_state, make_vector_env, reset_rollout_state,
@@ -198,8 +199,11 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
                                    hidden_sizes=config.hidden_sizes,
                                    shared_trunk=config.shared_trunk,
                                    init_log_std=config.init_log_std).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=config.adam_eps,
-                                 fused=True)  # one kernel per step instead of ~10 per tensor
+    # All parameters and gradients as views of one buffer each: Adam, clipping and zeroing are
+    # then one kernel each, not a Python loop over tensors (ppo_lab.scale.flat).
+    flat = FlatParameters(agent)
+    optimizer = torch.optim.Adam([flat.param], lr=config.learning_rate, eps=config.adam_eps,
+                                 fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: 1.0 - k / sizes.num_updates if config.anneal_lr else 1.0)
     state = reset_rollout_state(envs, config.seed, device)
@@ -232,8 +236,8 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
 
         # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, Eqs. (3.11)–(3.12).
         lr = optimizer.param_groups[0]["lr"]
-        stats, epochs_done = _optimise(agent, optimizer, batch, advantages, returns, config,
-                                       sizes.minibatch_size, clip_eps)
+        stats, epochs_done = _optimise(agent, flat, optimizer, batch, advantages, returns,
+                                       config, sizes.minibatch_size, clip_eps)
 
         # 4. Anneal the learning rate, log, checkpoint.
         scheduler.step()
@@ -267,10 +271,10 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
     return result
 
 
-def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
-              advantages: torch.Tensor, returns: torch.Tensor, config: PPOConfig,
-              minibatch_size: int, clip_eps: float) -> tuple[dict[str, float], int]:
-    """Stage 3: ``ppo_epochs`` passes of shuffled minibatches.
+def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.Optimizer,
+              batch: RolloutBatch, advantages: torch.Tensor, returns: torch.Tensor,
+              config: PPOConfig, minibatch_size: int, clip_eps: float) -> tuple[dict[str, float], int]:
+    """Stage 3: ``ppo_epochs`` passes of shuffled minibatches; ``optimizer`` steps ``flat.param``.
 
     Returns the mean loss statistics and the number of epochs completed (fewer than
     ``ppo_epochs`` after an early stop on KL).
@@ -304,11 +308,9 @@ def _optimise(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: Rollo
             if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
                 stop = True
                 break
-            optimizer.zero_grad(set_to_none=True)
+            flat.zero_grad()
             loss.backward()
-            # detail 11: clip the global gradient norm (inf = measure it only)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                agent.parameters(), config.max_grad_norm or math.inf)
+            grad_norm = flat.clip_grad_norm_(config.max_grad_norm)  # detail 11 (None: measure)
             optimizer.step()
             for key, value in stats.items():
                 totals[key] += value

@@ -145,12 +145,15 @@ def collect_rollout(envs: VectorEnv, agent: ActorCritic, state: RolloutState,
 
     Gaussian actions are stored as sampled (their log-probability is what the ratio needs) and
     clipped to the action bounds only on the way to the env (continuous detail 5 in Huang et al.
-    2022).
+    2022). What the env returns stays in numpy buffers until the rollout ends: one conversion
+    to torch per rollout instead of several per step.
     """
     device = state.obs.device
     T, N = num_steps, envs.num_envs
-    obs = torch.zeros((T, *state.obs.shape), device=device)
-    actions, logprobs, values, rewards, terminated, truncated, mask = ([] for _ in range(7))
+    obs = torch.zeros((T, *state.obs.shape), device=device)  # [T, N, obs_dim]
+    rewards = np.zeros((T, N), dtype=np.float32)
+    terminated, truncated = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
+    actions, logprobs, values = [], [], []
     bounds = None
     if isinstance(envs.single_action_space, gym.spaces.Box):
         bounds = (envs.single_action_space.low, envs.single_action_space.high)
@@ -158,21 +161,16 @@ def collect_rollout(envs: VectorEnv, agent: ActorCritic, state: RolloutState,
     with torch.inference_mode():
         for t in range(T):
             obs[t] = state.obs
-            mask.append(~state.ghost)
             action, logprob, value = agent.act(state.obs)
             env_action = action.cpu().numpy()
             if bounds is not None:
                 env_action = np.clip(env_action, *bounds)
-            next_obs, reward, term, trunc, info = envs.step(env_action)
+            next_obs, rewards[t], terminated[t], truncated[t], info = envs.step(env_action)
             state.global_step += N
             actions.append(action)
             logprobs.append(logprob)
             values.append(value)
-            rewards.append(torch.as_tensor(reward, dtype=torch.float32, device=device))
-            terminated.append(torch.as_tensor(term, device=device))
-            truncated.append(torch.as_tensor(trunc, device=device))
             state.obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-            state.ghost = terminated[-1] | truncated[-1]
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     episode_returns.append(float(info["episode"]["r"][i]))
@@ -182,16 +180,21 @@ def collect_rollout(envs: VectorEnv, agent: ActorCritic, state: RolloutState,
         # after the last step, bootstrap from the observation the next rollout starts with.
         values.append(agent.get_value(state.obs))
     values = torch.stack(values)  # [T + 1, N]
+    # Step t + 1 is a ghost exactly when step t ended an episode (step 0: the previous rollout's
+    # last step, carried in ``state.ghost``).
+    ends = torch.from_numpy(terminated | truncated).to(device)  # [T, N]
+    mask = ~torch.cat([state.ghost.unsqueeze(0), ends[:-1]])  # [T, N]
+    state.ghost = ends[-1].clone()
     return RolloutBatch(
         obs=obs,
         actions=torch.stack(actions),
         logprobs=torch.stack(logprobs),
         values=values[:-1],
         next_values=values[1:],
-        rewards=torch.stack(rewards),
-        terminated=torch.stack(terminated),
-        truncated=torch.stack(truncated),
-        mask=torch.stack(mask),
+        rewards=torch.from_numpy(rewards).to(device),
+        terminated=torch.from_numpy(terminated).to(device),
+        truncated=torch.from_numpy(truncated).to(device),
+        mask=mask,
         episode_returns=episode_returns,
         episode_lengths=episode_lengths,
         episode_steps=episode_steps,

@@ -51,6 +51,25 @@ def test_logprob_gradient_is_onehot_minus_softmax():
     assert_close(logits.grad, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_and_large_logits_forms_agree(monkeypatch, dtype):
+    """log_softmax-then-gather (small logits) and gather − logsumexp (large): same values and
+    gradients, both equal to the loop reference."""
+    gen = generator(3)
+    logits = (3 * torch.randn(4, 6, 13, generator=gen, dtype=dtype)).requires_grad_(True)
+    tokens = torch.randint(13, (4, 6), generator=gen)
+    results = []
+    for chunk in (policy_gradient._CHUNK_ELEMENTS, 3 * 13):  # default: small form; then large
+        monkeypatch.setattr(policy_gradient, "_CHUNK_ELEMENTS", chunk)
+        logprobs = logprobs_from_logits(logits, tokens)
+        assert logprobs.dtype == dtype
+        (grad,) = torch.autograd.grad(logprobs.square().sum(), logits)
+        results.append((logprobs.detach(), grad))
+        assert_close(logprobs, ref.logprobs_from_logits(logits.detach(), tokens), **tol(dtype))
+    assert_close(results[0][0], results[1][0], **tol(dtype))
+    assert_close(results[0][1], results[1][1], **tol(dtype))
+
+
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
 def test_half_logits_give_float32_and_are_chunked(monkeypatch, half):
     gen = generator(2)

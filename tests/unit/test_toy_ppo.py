@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ppo_lab.core import gae_advantages
+from ppo_lab.scale.flat import FlatParameters
 from ppo_lab.toy.networks import ActorCritic
 import ppo_lab.toy.ppo as ppo_module
 from ppo_lab.toy.ppo import CHECKPOINT_NAME, PRESETS, PPOConfig, _minibatches, _optimise, train
@@ -73,9 +74,10 @@ def test_ghost_steps_never_reach_a_loss_or_statistic():
     batch.actions[ghosts] = 10**6  # not even a valid action index
     clean = ActorCritic(4, 2, continuous=False)
     clean.load_state_dict(agent.state_dict())
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    flat = FlatParameters(agent)
+    optimizer = torch.optim.Adam([flat.param], lr=1e-3)
     config = SMALL.replace(ppo_epochs=3, vf_clip_eps=0.2, ent_coef=0.01)
-    stats, epochs = _optimise(agent, optimizer, batch, advantages, returns, config,
+    stats, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config,
                               minibatch_size=200, clip_eps=0.2)
     assert epochs == 3
     assert all(math.isfinite(v) for v in stats.values()), stats
@@ -91,14 +93,17 @@ def test_ghost_steps_are_dropped_not_zeroed():
     copy = ActorCritic(4, 2, continuous=False)
     copy.load_state_dict(agent.state_dict())
     config = SMALL.replace(ppo_epochs=2)
-    torch.manual_seed(7)
-    _optimise(agent, torch.optim.Adam(agent.parameters(), lr=1e-3), batch, advantages, returns,
-              config, minibatch_size=100, clip_eps=0.2)
+
+    def update(model):
+        torch.manual_seed(7)
+        flat = FlatParameters(model)
+        _optimise(model, flat, torch.optim.Adam([flat.param], lr=1e-3), batch, advantages,
+                  returns, config, minibatch_size=100, clip_eps=0.2)
+
+    update(agent)
     ghosts = ~batch.mask
     batch.values[ghosts], advantages[ghosts], returns[ghosts] = 1e6, -1e6, 1e6
-    torch.manual_seed(7)
-    _optimise(copy, torch.optim.Adam(copy.parameters(), lr=1e-3), batch, advantages, returns,
-              config, minibatch_size=100, clip_eps=0.2)
+    update(copy)
     _assert_same_weights(_weights(agent), _weights(copy))
 
 
