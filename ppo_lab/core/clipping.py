@@ -36,11 +36,10 @@ def clipped_surrogate_loss(
     clip_eps = check.positive(clip_eps, "clip_eps")
     log_ratio, advantages, keep = ratio_terms(logprobs, old_logprobs, advantages, mask)
     ratio = torch.exp(log_ratio)  # (B, T); exactly 1 at dropped positions
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages
-    loss = -mean_kept(torch.minimum(unclipped, clipped), keep)
-    with torch.no_grad():  # dropped positions have ρ = 1, so they add 0 to the count
-        clip_fraction = mean_kept(((ratio - 1).abs() > clip_eps).to(ratio.dtype), keep).item()
+    clamped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    loss = -mean_kept(torch.minimum(ratio * advantages, clamped * advantages), keep)
+    with torch.no_grad():  # |ρ − 1| > ε exactly where the clamp moved ρ; ρ = 1 where dropped
+        clip_fraction = mean_kept((clamped != ratio).to(ratio.dtype), keep).item()
     return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl(log_ratio, keep)}
 
 
