@@ -1,0 +1,90 @@
+"""The committed CartPole benchmark results are self-consistent: every summary number, ratio and
+target flag is what the file's own rows give, and every run is stamped with its command.
+
+The runs themselves need Stable-Baselines3 (the ``[bench]`` extra) and minutes of quiet CPU, so
+they are not repeated here; these checks catch a summary edited by hand or left stale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import median  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["cartpole", "cartpole_seeds5-9", "cartpole_seeds10-19"])
+def test_cartpole_summary_is_what_the_rows_give(name):
+    record = _load(name)
+    assert record["command"].startswith("python benchmarks/cartpole.py")
+    assert record["config"]["torch_threads"] == 1  # each run in its own one-thread process
+    rows, summary = record["results"], record["summary"]
+    seeds = record["config"]["seeds"]
+    for runner, stats in summary["per_runner"].items():
+        mine = [r for r in rows if r["runner"] == runner]
+        assert [r["seed"] for r in mine] == seeds
+        assert stats["seeds"] == len(seeds)
+        assert stats["seeds_solved"] == sum(r["steps_to_475"] is not None for r in mine)
+        for key in ("steps_to_475", "seconds_to_475", "steps_per_second", "final_return", "peak_rss_mb"):
+            assert stats[f"median_{key}"] == median(r[key] for r in mine), (runner, key)
+        for r in mine:
+            assert math.isclose(r["steps_per_second"], r["total_steps"] / r["seconds"], rel_tol=1e-3)
+            assert r["steps_to_475"] is None or r["steps_to_475"] <= r["total_steps"]
+    ours, sb3, tuned = (summary["per_runner"][k] for k in ("ppo_lab", "sb3", "ppo_lab-tuned"))
+    ratios = summary["ratios"]
+    assert ratios["steps_per_second ppo_lab/sb3"] == round(
+        ours["median_steps_per_second"] / sb3["median_steps_per_second"], 3)
+    assert ratios["steps_to_475 ppo_lab/sb3"] == round(
+        ours["median_steps_to_475"] / sb3["median_steps_to_475"], 3)
+    assert ratios["seconds_to_475 ppo_lab-tuned/sb3"] == round(
+        tuned["median_seconds_to_475"] / sb3["median_seconds_to_475"], 3)
+    targets = summary["targets"]
+    assert targets["ppo_lab steps/s >= 2x sb3"] == (ratios["steps_per_second ppo_lab/sb3"] >= 2.0)
+    assert targets["ppo_lab median steps to 475 within 25% of sb3"] == (
+        abs(ratios["steps_to_475 ppo_lab/sb3"] - 1) <= 0.25)
+    assert targets["every ppo_lab seed solves"] == (ours["seeds_solved"] == ours["seeds"])
+
+
+def test_cartpole_stages_summary_is_what_the_rows_give():
+    record = _load("cartpole_stages")
+    assert record["command"].startswith("python benchmarks/cartpole_stages.py")
+    config, summary = record["config"], record["summary"]
+    stages = [r for r in record["results"] if r["part"] == "stages"]
+    cost = [r for r in record["results"] if r["part"] == "step_cost"]
+    medians = {}
+    for runner in ("ppo_lab", "sb3"):
+        mine = [r for r in stages if r["runner"] == runner]
+        assert len(mine) == config["runs"]
+        for r in mine:  # the timed stages fit inside the run, and the rest is what is left
+            assert 0 < r["rollout_seconds"] + r["update_seconds"] <= r["seconds"]
+            assert math.isclose(r["other_seconds"], r["seconds"] - r["rollout_seconds"]
+                                - r["update_seconds"], abs_tol=2e-3)
+            assert abs(r["env_steps"] - config["env_steps"]) <= 256  # whole rollouts of 8 x 32 steps
+        medians[runner] = {k: statistics.median(r[k] for r in mine)
+                           for k in summary["stage medians"][runner]}
+        assert medians[runner] == summary["stage medians"][runner]
+        points = sorted((r["batch"], r["us_per_gradient_step"]) for r in cost if r["runner"] == runner)
+        assert [b for b, _ in points] == config["batch_sizes"]
+        fit = statistics.linear_regression(*zip(*[p for p in points if p[0] in config["line_fit_batch_sizes"]]))
+        reported = summary["gradient step = fixed + slope x B"][runner]
+        assert reported["intercept_us"] == round(fit.intercept, 1)
+        assert reported["slope_us_per_transition"] == round(fit.slope, 3)
+        assert reported["us_at_256"] == dict(points)[256]
+    for key, value in summary["speedup sb3/ppo_lab"].items():
+        assert value == round(medians["sb3"][key] / medians["ppo_lab"][key], 3), key
+    by_batch = {(r["runner"], r["batch"]): r["us_per_gradient_step"] for r in cost}
+    for batch, value in summary["gradient step speedup sb3/ppo_lab by B"].items():
+        assert value == round(by_batch[("sb3", int(batch))] / by_batch[("ppo_lab", int(batch))], 3)
