@@ -88,3 +88,13 @@ def test_cartpole_stages_summary_is_what_the_rows_give():
     by_batch = {(r["runner"], r["batch"]): r["us_per_gradient_step"] for r in cost}
     for batch, value in summary["gradient step speedup sb3/ppo_lab by B"].items():
         assert value == round(by_batch[("sb3", int(batch))] / by_batch[("ppo_lab", int(batch))], 3)
+
+
+def test_sb3_same_update_summary_is_what_the_rows_give():
+    record = _load("sb3_same_update")
+    assert record["command"].startswith("python benchmarks/sb3_same_update.py")
+    rows, summary = record["results"], record["summary"]
+    assert [r["seed"] for r in rows] == record["config"]["seeds"]
+    assert all(r["epochs"] == record["config"]["epochs"] for r in rows)
+    assert summary["max_abs_weight_diff_after_update"] == max(r["max_abs_weight_diff_after_update"] for r in rows)
+    assert summary["min_weight_change_by_update"] == min(r["max_abs_weight_change_by_update"] for r in rows)
