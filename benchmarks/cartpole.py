@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ppo_lab.metrics import first_reach  # noqa: E402
-from common import last_mean, median, peak_rss_mb, run_worker, write  # noqa: E402
+from common import SB3_CARTPOLE_ZOO, last_mean, median, peak_rss_mb, run_worker, write  # noqa: E402
 
 THRESHOLD = 475.0
 CAP = 200_000
@@ -89,9 +89,7 @@ def worker_sb3(seed: int) -> dict:
                                      "return": float(info["episode"]["r"])})
             return True
 
-    hyperparameters = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
-                           learning_rate=lambda progress: 1e-3 * progress,
-                           clip_range=lambda progress: 0.2 * progress, ent_coef=0.0)
+    hyperparameters = SB3_CARTPOLE_ZOO
     start = time.perf_counter()
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparameters)

@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_worker, write  # noqa: E402
+from common import SB3_CARTPOLE_ZOO, run_worker, write  # noqa: E402
 
 STEPS = 50_000  # per stage run (--steps)
 REPEATS = 3  # stage runs per runner (--runs)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
-EPOCHS = 20
-SB3_HYPERPARAMETERS = dict(n_steps=32, batch_size=256, n_epochs=EPOCHS, gamma=0.98, gae_lambda=0.8,
-                           ent_coef=0.0)
+EPOCHS = SB3_CARTPOLE_ZOO["n_epochs"]  # and ppo_lab's cartpole-zoo ppo_epochs
+
 
 
 class Timer:
@@ -94,8 +93,7 @@ def worker_sb3(steps: int) -> dict:
     rollout, update = Timer(PPO, "collect_rollouts"), Timer(PPO, "train")
     start = time.perf_counter()
     env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
-    model = PPO("MlpPolicy", env, seed=0, device="cpu", learning_rate=lambda p: 1e-3 * p,
-                clip_range=lambda p: 0.2 * p, **SB3_HYPERPARAMETERS)
+    model = PPO("MlpPolicy", env, seed=0, device="cpu", **SB3_CARTPOLE_ZOO)
     model.learn(steps)
     total = time.perf_counter() - start
     return _stages(total, rollout, update, model.num_timesteps, 8, update.calls * EPOCHS)
@@ -134,8 +132,8 @@ def worker_step_cost() -> list[dict]:
             ret=returns, b=batch: _optimise(a, f, o, r, adv, ret, config, b, 0.2)
         # SB3: its own rollout buffer of the same size, then PPO.train (20 epochs of one batch)
         model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), seed=0,
-                    device="cpu", learning_rate=1e-3, clip_range=0.2,
-                    **{**SB3_HYPERPARAMETERS, "n_steps": batch // 8, "batch_size": batch})
+                    device="cpu", **{**SB3_CARTPOLE_ZOO, "n_steps": batch // 8, "batch_size": batch,
+                                     "learning_rate": 1e-3, "clip_range": 0.2})
         _, callback = model._setup_learn(10 * batch, None)
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=batch // 8)
         runs[("sb3", batch)] = model.train

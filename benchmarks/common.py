@@ -98,6 +98,15 @@ def write(name: str, config: dict, results: list[dict], out: Path | None = None,
 
 # --- training benchmarks (cartpole, pendulum, ablations) ----------------------------------
 
+# SB3's PPO with the rl-baselines3-zoo CartPole-v1 set (hyperparams/ppo.yml): n_envs 8, n_steps 32,
+# batch 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate and clip range linear from 1e-3 and
+# 0.2 (SB3 passes the remaining progress, 1 -> 0), no entropy bonus. ppo_lab's ``cartpole-zoo``
+# preset is the same set; every SB3 comparison builds its model from these keyword arguments.
+SB3_CARTPOLE_ZOO = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
+                        learning_rate=lambda progress: 1e-3 * progress,
+                        clip_range=lambda progress: 0.2 * progress, ent_coef=0.0)
+
+
 
 def run_worker(script: Path, args: Sequence[str]) -> dict:
     """Run ``python script --worker ARGS`` in a fresh process; return the JSON it prints last.

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import SB3_CARTPOLE_ZOO, write  # noqa: E402
 
 TOTAL = 200_000  # the zoo run's length: sets the learning rate and clip range of update 1
 
@@ -41,8 +41,7 @@ def compare(seed: int) -> dict:
 
     torch.set_num_threads(1)
     model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), seed=seed,
-                device="cpu", n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
-                learning_rate=lambda p: 1e-3 * p, clip_range=lambda p: 0.2 * p, ent_coef=0.0)
+                device="cpu", **SB3_CARTPOLE_ZOO)
     _, callback = model._setup_learn(TOTAL, None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=32)
     model._update_current_progress_remaining(model.num_timesteps, TOTAL)

@@ -69,15 +69,16 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
         low, high = torch.aminmax(tokens)  # one pass over the tokens
         if int(low) < 0 or int(high) >= logits.shape[-1]:
             raise ValueError(f"tokens: values must lie in [0, {logits.shape[-1]})")
-    idx = tokens.long().unsqueeze(-1)  # (..., 1)
+    tokens = tokens.long()
     if logits.numel() <= _CHUNK_ELEMENTS:
-        return torch.log_softmax(logits, dim=-1, dtype=check.compute_dtype(logits)).gather(-1, idx).squeeze(-1)
+        logp = torch.log_softmax(logits, dim=-1, dtype=check.compute_dtype(logits))  # (..., V)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
     def gather_minus_lse(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         picked = rows.gather(-1, idx.unsqueeze(-1)).squeeze(-1)  # (...)
         return picked - torch.logsumexp(rows, dim=-1)
 
-    return _rowwise(gather_minus_lse, logits, idx.squeeze(-1))
+    return _rowwise(gather_minus_lse, logits, tokens)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
