@@ -27,31 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SB3_CARTPOLE_ZOO, run_worker, write  # noqa: E402
+from common import SB3_CARTPOLE_ZOO, Timer, run_worker, write  # noqa: E402
 
 STEPS = 50_000  # per stage run (--steps)
 REPEATS = 3  # stage runs per runner (--runs)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 EPOCHS = SB3_CARTPOLE_ZOO["n_epochs"]  # and ppo_lab's cartpole-zoo ppo_epochs
 
-
-
-class Timer:
-    """Wraps ``obj.name`` so every call adds its wall-clock time to ``seconds``."""
-
-    def __init__(self, obj, name: str):
-        self.seconds, self.calls = 0.0, 0
-        inner = getattr(obj, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
-
-        setattr(obj, name, timed)
 
 
 def _stages(total: float, rollout: Timer, update: Timer, env_steps: int, num_envs: int,

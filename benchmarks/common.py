@@ -108,6 +108,27 @@ SB3_CARTPOLE_ZOO = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae
 
 
 
+class Timer:
+    """Wraps ``obj.name`` so every call adds its wall-clock time to ``seconds`` (and to ``times``,
+    one entry per call). The wrapper stays for the rest of the process: use it in workers."""
+
+    def __init__(self, obj, name: str):
+        self.seconds, self.calls, self.times = 0.0, 0, []
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                self.seconds += elapsed
+                self.calls += 1
+                self.times.append(elapsed)
+
+        setattr(obj, name, timed)
+
+
 def run_worker(script: Path, args: Sequence[str]) -> dict:
     """Run ``python script --worker ARGS`` in a fresh process; return the JSON it prints last.
 

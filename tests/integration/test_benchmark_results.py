@@ -98,3 +98,43 @@ def test_sb3_same_update_summary_is_what_the_rows_give():
     assert all(r["epochs"] == record["config"]["epochs"] for r in rows)
     assert summary["max_abs_weight_diff_after_update"] == max(r["max_abs_weight_diff_after_update"] for r in rows)
     assert summary["min_weight_change_by_update"] == min(r["max_abs_weight_change_by_update"] for r in rows)
+
+
+def _check_devices_record(record: dict, devices: list[str]) -> None:
+    """devices.json: one row per (run, device, N); the summary is what ``summarise`` gives."""
+    from devices import summarise
+
+    assert record["command"].startswith("python benchmarks/devices.py")
+    config, rows = record["config"], record["results"]
+    assert config["devices"] == devices and config["torch_threads"] == 1
+    assert sorted((r["run"], r["device"], r["num_envs"]) for r in rows) == sorted(
+        (run, d, n) for run in range(config["runs"]) for d in devices for n in config["num_envs"])
+    for r in rows:
+        assert r["batch_size"] == 32 * r["num_envs"] and r["updates"] == config["updates"][str(r["num_envs"])]
+        assert r["steps_per_second"] > 0 and r["us_per_gradient_step"] > 0
+        # the two timed stages fit inside the wall-clock time the steps per second come from
+        stage_s = (r["rollout_ms_per_update"] + r["update_ms_per_update"]) / 1e3
+        assert stage_s <= 1.01 * r["batch_size"] / r["steps_per_second"]
+        assert (r["peak_gpu_mib"] is None) == (r["device"] == "cpu")
+    assert record["summary"] == json.loads(json.dumps(summarise(rows)))
+
+
+def test_devices_summary_is_what_the_rows_give():
+    record = _load("devices")
+    assert record["machine"]["cuda available"] == "True"  # the committed file compares CPU and GPU
+    _check_devices_record(record, ["cpu", "cuda"])
+    assert set(record["summary"]["16"]["gpu_speedup"]) == {"steps_per_second", "rollout", "update"}
+
+
+def test_devices_script_runs_on_this_machine(tmp_path):
+    """The script runs as documented (CPU only here unless CUDA is present) and writes a record
+    that passes the same checks."""
+    import subprocess
+
+    import torch
+
+    out = tmp_path / "devices.json"
+    subprocess.run([sys.executable, "benchmarks/devices.py", "--runs", "1", "--num-envs", "16", "64",
+                    "--updates", "2", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    record = json.loads(out.read_text())
+    _check_devices_record(record, ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
