@@ -101,6 +101,18 @@ _LOSS_KEYS = {
 }
 
 
+# The columns a trainer's log row carries besides the metrics: counters and schedule values that
+# describe *when* a row was logged, not how healthy the run is (no range, no glossary entry).
+BOOKKEEPING: dict[str, str] = {
+    "update": "1-based index of the PPO update (one rollout, then K epochs) the row reports.",
+    "global_step": "Env steps taken so far: N per vector step, autoreset (ghost) steps included.",
+    "time": "Seconds since training started (a resumed run counts the time before its checkpoint).",
+    "sps": "Env steps per second during this update (rollout and optimisation).",
+    "clip_eps": "The policy clip range ε in use at this update (annealed or not; None = no clipping).",
+    "epochs": "Epochs completed in this update (fewer than ppo_epochs after an early stop on KL).",
+}
+
+
 def check_keys(record: dict[str, float]) -> dict[str, float]:
     """Return ``record`` unchanged if every key is defined in ``METRICS``; else ``KeyError``."""
     unknown = sorted(set(record) - METRICS.keys())
@@ -117,12 +129,18 @@ def loss_metrics(stats: dict[str, float]) -> dict[str, float]:
     return {_LOSS_KEYS[name]: value for name, value in stats.items()}
 
 
-def unhealthy(record: dict[str, float]) -> dict[str, str]:
-    """``{key: reason}`` for each logged value outside its healthy range."""
+def unhealthy(record: dict[str, float | None]) -> dict[str, str]:
+    """``{key: reason}`` for each logged value outside its healthy range.
+
+    ``record`` may be a whole trainer log row: :data:`BOOKKEEPING` columns and ``None`` values
+    (nothing measured in that update, e.g. no episode ended) are skipped; any other key must be
+    defined in :data:`METRICS` (``KeyError`` otherwise).
+    """
     out = {}
-    for key, value in check_keys(record).items():
+    metrics = {k: v for k, v in record.items() if k not in BOOKKEEPING}
+    for key, value in check_keys(metrics).items():
         metric = METRICS[key]
-        if metric.is_healthy(value) is False:
+        if value is not None and metric.is_healthy(value) is False:
             out[key] = f"{value:.4g} outside [{metric.low}, {metric.high}]: {metric.outside}"
     return out
 

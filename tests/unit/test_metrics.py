@@ -47,6 +47,12 @@ def test_check_keys_and_unhealthy():
     assert bad.keys() == {"policy/clip_fraction", "value/explained_variance"}
     assert "learning rate" in bad["policy/clip_fraction"]
     assert metrics.METRICS["policy/entropy"].is_healthy(0.0) is None  # task-dependent: no verdict
+    # a whole trainer row: bookkeeping columns and None (nothing measured) are skipped, not judged
+    row = {**record, "update": 3, "global_step": 1536, "time": 0.4, "sps": 9000.0, "clip_eps": None,
+           "epochs": 4, "env/episodic_return": None}
+    assert metrics.unhealthy(row) == bad
+    with pytest.raises(KeyError, match="steps"):
+        metrics.unhealthy({**row, "steps": 10})
     assert metrics.METRICS["objective/kl"].is_healthy(-0.1) is False
     assert metrics.METRICS["objective/kl"].is_healthy(1e6) is True  # open upper bound
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ppo_lab import metrics
 from ppo_lab.core import gae_advantages
 from ppo_lab.scale.flat import FlatParameters
 from ppo_lab.toy.networks import ActorCritic
@@ -49,6 +50,11 @@ def test_history_rows():
     assert result.history[0]["optim/learning_rate"] == pytest.approx(1e-3)
     assert row["optim/learning_rate"] == pytest.approx(1e-3 / 8)
     assert all(e["length"] == e["return"] for e in result.episodes)  # CartPole pays 1 per step
+    # every column is a defined metric or a bookkeeping column, and a whole row can be checked
+    for row in result.history:
+        assert row.keys() - metrics.BOOKKEEPING.keys() <= metrics.METRICS.keys()
+        assert metrics.BOOKKEEPING.keys() <= row.keys()
+        assert all(key in metrics.METRICS for key in metrics.unhealthy(row))
 
 
 def _rollout_and_advantages(seed=0, num_steps=200):
