@@ -109,11 +109,11 @@ SB3_CARTPOLE_ZOO = dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae
 
 
 class Timer:
-    """Wraps ``obj.name`` so every call adds its wall-clock time to ``seconds`` (and to ``times``,
-    one entry per call). The wrapper stays for the rest of the process: use it in workers."""
+    """Wraps ``obj.name`` so every call's wall-clock time is appended to ``times``. The wrapper
+    stays for the rest of the process: use it in workers."""
 
     def __init__(self, obj, name: str):
-        self.seconds, self.calls, self.times = 0.0, 0, []
+        self.times: list[float] = []
         inner = getattr(obj, name)
 
         def timed(*args, **kwargs):
@@ -121,12 +121,17 @@ class Timer:
             try:
                 return inner(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
-                self.seconds += elapsed
-                self.calls += 1
-                self.times.append(elapsed)
+                self.times.append(time.perf_counter() - start)
 
         setattr(obj, name, timed)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.times)
+
+    @property
+    def calls(self) -> int:
+        return len(self.times)
 
 
 def run_worker(script: Path, args: Sequence[str]) -> dict:
