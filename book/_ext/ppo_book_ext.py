@@ -1,6 +1,12 @@
 """Sphinx glue for the offline book.
 
-The ipywidgets embed manager (``embed-amd.js``) asks for its icon fonts relative to the page
+Chinese line breaks: the chapters' prose is wrapped at ~120 columns, and a line break inside a
+paragraph reaches the HTML as a newline, which browsers (Chromium among them) draw as a space:
+"运行，<space>并行". ``join_cjk_lines`` removes a newline where Chinese typesetting has no space —
+between two Chinese characters, or next to full-width punctuation — and keeps it (as a space)
+between a Chinese character and Latin text, numbers, code or math, where the sources put one too.
+
+Widget fonts: the ipywidgets embed manager (``embed-amd.js``) asks for its icon fonts relative to the page
 that loads it (``<page dir>/@jupyter-widgets/html-manager/dist/<hash>.woff2``), not relative to
 the script. After the build, copy the web-font files next to every page directory, so the
 fonts load from 127.0.0.1 and nothing 404s or leaves the machine.
@@ -8,11 +14,61 @@ fonts load from 127.0.0.1 and nothing 404s or leaves the machine.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
+from docutils import nodes
+
 FONT_SUFFIXES = (".woff2", ".woff")
 DIST = Path("@jupyter-widgets") / "html-manager" / "dist"
+
+
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+_FULL_WIDTH_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"  # 。、《》，：；！？（）…
+_HAN_RE = re.compile(f"[{_HAN}]")
+_PUNCT_RE = re.compile(f"[{_FULL_WIDTH_PUNCT}]")
+_BREAK_RE = re.compile(r"[ \t]*\n[ \t]*")
+
+
+def _joins(left: str, right: str) -> bool:
+    """True where no space belongs between ``left`` and ``right`` (single characters or '')."""
+    if _PUNCT_RE.fullmatch(left or " ") or _PUNCT_RE.fullmatch(right or " "):
+        return True
+    return bool(_HAN_RE.fullmatch(left or " ") and _HAN_RE.fullmatch(right or " "))
+
+
+def join_cjk_lines(text: str, before: str = "", after: str = "") -> str:
+    """``text`` with its line breaks removed where Chinese typesetting has no space.
+
+    ``before`` / ``after``: the characters just outside ``text`` (from the neighbouring inline
+    nodes), for a break at its very start or end. Other breaks are left as they are.
+    """
+
+    def replace(match: re.Match) -> str:
+        left = text[match.start() - 1] if match.start() > 0 else before
+        right = text[match.end()] if match.end() < len(text) else after
+        return "" if _joins(left, right) else match.group()
+
+    return _BREAK_RE.sub(replace, text)
+
+
+_VERBATIM = (nodes.FixedTextElement, nodes.literal, nodes.math, nodes.raw, nodes.comment)
+
+
+def _join_cjk_lines_in_doctree(app, doctree) -> None:
+    for text in list(doctree.findall(nodes.Text)):
+        parent = text.parent
+        if "\n" not in text or parent is None or isinstance(parent, _VERBATIM):
+            continue
+        # By identity: Text nodes are strings, and MyST gives each soft line break its own "\n"
+        # node, so parent.index() (equality) would find the first of them.
+        index = next(i for i, child in enumerate(parent.children) if child is text)
+        before = parent[index - 1].astext()[-1:] if index > 0 else ""
+        after = parent[index + 1].astext()[:1] if index + 1 < len(parent) else ""
+        joined = join_cjk_lines(str(text), before, after)
+        if joined != str(text):
+            parent[index] = nodes.Text(joined)
 
 
 def _copy_widget_fonts(app, exception) -> None:
@@ -77,6 +133,7 @@ def _exclude_paired_sources(app, config) -> None:
 
 def setup(app):
     app.connect("config-inited", _exclude_paired_sources)
+    app.connect("doctree-read", _join_cjk_lines_in_doctree)
     app.connect("build-finished", _copy_widget_fonts)
     app.connect("html-page-context", _add_mathjax2_bridge, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
