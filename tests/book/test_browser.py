@@ -138,6 +138,10 @@ def test_page_renders_offline(name, server, browser):
     text = page.locator("main").inner_text()
     for raw in ("$$", "\\(", "\\[", "\\begin{"):
         assert raw not in text, f"{name}: raw TeX {raw!r} left in the page"
+    # ...and no TeX command is printed literally: a backslash in a text-mode run (mjx-mtext) is
+    # an unknown macro, e.g. \_ in \text{episode\_ends} without MathJax's textmacros package
+    literal = page.locator("main mjx-mtext mjx-c.mjx-c5C").count()
+    assert literal == 0, f"{name}: {literal} literal backslashes in typeset math"
     source = next((ROOT / f"{name}{ext}" for ext in (".ipynb", ".md") if (ROOT / f"{name}{ext}").exists()))
     if "$" in source.read_text("utf-8"):
         assert containers > 0, f"{name}: page has math but MathJax typeset nothing"
