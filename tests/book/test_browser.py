@@ -142,6 +142,15 @@ def test_page_renders_offline(name, server, browser):
     # an unknown macro, e.g. \_ in \text{episode\_ends} without MathJax's textmacros package
     literal = page.locator("main mjx-mtext mjx-c.mjx-c5C").count()
     assert literal == 0, f"{name}: {literal} literal backslashes in typeset math"
+    # ...and every display equation fits the text column at this width (1280 px): MathJax 3 does not
+    # break lines, and what overflows slides under the equation number or out of sight
+    too_wide = page.evaluate("""() => window.MathJax && MathJax.startup && MathJax.startup.document ?
+        Array.from(MathJax.startup.document.math).filter(item => item.display && item.typesetRoot
+            && item.typesetRoot.closest('main')
+            && item.typesetRoot.firstElementChild.getBoundingClientRect().width
+               > item.typesetRoot.getBoundingClientRect().width + 1)
+        .map(item => item.math.trim().slice(0, 60)) : []""")
+    assert not too_wide, f"{name}: display equations wider than the column (break them with aligned): {too_wide}"
     source = next((ROOT / f"{name}{ext}" for ext in (".ipynb", ".md") if (ROOT / f"{name}{ext}").exists()))
     if "$" in source.read_text("utf-8"):
         assert containers > 0, f"{name}: page has math but MathJax typeset nothing"
