@@ -198,3 +198,19 @@ def test_page_renders_offline(name, server, browser):
     assert not outside, f"{name}: requests left 127.0.0.1: {json.dumps(outside[:5])}"
     assert not failed, f"{name}: failed requests: {failed[:5]}"
     assert not errors, f"{name}: console errors: {errors[:5]}"
+
+
+@pytest.mark.parametrize("query, page", [
+    ("幽灵转移", "book/05_ppo/ppo"),  # a section title
+    ("裁剪比例", "book/05_ppo/ppo"),  # body text: needs jieba and the book's term dictionary
+    ("广义优势估计", "book/04_gae/gae"),
+])
+def test_chinese_search_finds_the_page(query, page, server, browser):
+    """The search box works offline for Chinese: Sphinx indexes Chinese words only when jieba is
+    installed (requirements.txt); book/_ext/search_terms.txt keeps the book's terms whole."""
+    tab = browser.new_page()
+    tab.route(lambda url: not url.startswith(server), lambda route: route.abort())
+    tab.goto(f"{server}/search.html?q={query}", wait_until="load")
+    tab.wait_for_selector("#search-results .search-summary", timeout=20_000)
+    links = tab.locator("#search-results ul.search li a").evaluate_all("els => els.map(e => e.href)")
+    assert any(f"/{page}.html" in href for href in links), f"{query!r}: {links}"
