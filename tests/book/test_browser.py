@@ -181,6 +181,9 @@ def test_page_renders_offline(name, server, browser):
         assert box.locator(".widget-readout").inner_text() != readout_before, f"{name}: slider {i} did not move"
         assert before and after and before != after, f"{name}: moving slider {i} did not change the figure"
 
+    # -- the interface speaks the book's language: hidden-code toggles too
+    assert "Show code cell" not in page.locator("main").inner_text(), f"{name}: English code-cell toggle"
+
     # -- one search field, in the sidebar (no second one in a header bar above the page)
     assert page.locator(".search-button-field:visible").count() == 1, f"{name}: not exactly one search field"
     assert not page.locator(".bd-header:visible").count(), f"{name}: a header bar above the page"
