@@ -36,9 +36,9 @@ def worker(device: str, num_envs: int, updates: int) -> dict:
     import ppo_lab.toy.ppo as ppo
 
     torch.set_num_threads(1)
-    config = ppo.PRESETS["cartpole"][1].replace(
-        seed=0, device=device, num_envs=num_envs,
-        total_timesteps=(updates + 1) * num_envs * ppo.PRESETS["cartpole"][1].num_steps)
+    preset = ppo.PRESETS["cartpole"][1]
+    config = preset.replace(seed=0, device=device, num_envs=num_envs,
+                            total_timesteps=(updates + 1) * num_envs * preset.num_steps)
     rollout, update = Timer(ppo, "collect_rollout"), Timer(ppo, "_optimise")
     result = ppo.train(config)
     first, last = result.history[0], result.history[-1]
@@ -103,12 +103,12 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if len(devices) == 1:
         print("no CUDA device: measuring the CPU only", flush=True)
+    updates = {n: args.updates or UPDATES.get(n, 10) for n in args.num_envs}
     rows = []
     for run in range(args.runs):
         for n in args.num_envs:
-            updates = args.updates or UPDATES.get(n, 10)
             for device in devices:
-                row = run_worker(Path(__file__), [device, str(n), str(updates)])
+                row = run_worker(Path(__file__), [device, str(n), str(updates[n])])
                 rows.append({"run": run, **row})
                 print(f"N={n:5d} {device:4s} run {run}: {row['steps_per_second']:9.0f} steps/s, "
                       f"rollout {row['rollout_ms_per_update']:8.2f} ms, update "
@@ -121,7 +121,7 @@ def main() -> None:
                   f"(rollout {entry['gpu_speedup']['rollout']:.2f}x, "
                   f"update {entry['gpu_speedup']['update']:.2f}x)")
     path = write("devices", {"preset": "cartpole", "num_envs": args.num_envs, "runs": args.runs,
-                             "updates": {str(n): args.updates or UPDATES.get(n, 10) for n in args.num_envs},
+                             "updates": {str(n): u for n, u in updates.items()},
                              "devices": devices, "torch_threads": 1},
                  rows, out=args.out, summary=summary)
     print(f"wrote {path}")

@@ -182,7 +182,7 @@ def test_page_renders_offline(name, server, browser):
         assert before and after and before != after, f"{name}: moving slider {i} did not change the figure"
 
     # -- the interface speaks the book's language: hidden-code toggles too
-    assert "Show code cell" not in page.locator("main").inner_text(), f"{name}: English code-cell toggle"
+    assert "Show code cell" not in text, f"{name}: English code-cell toggle"
 
     # -- one search field, in the sidebar (no second one in a header bar above the page)
     assert page.locator(".search-button-field:visible").count() == 1, f"{name}: not exactly one search field"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import toc_files
+from conftest import ROOT, toc_files
 from ppo_book_ext import join_cjk_lines  # book/_ext/ppo_book_ext.py
 
 
@@ -71,8 +71,6 @@ def _chinese_prose_lines(path):
 def test_chinese_prose_uses_chinese_quotation_marks():
     """“…” in the sources: an ASCII "…" next to Chinese text is turned into ”…” by the smart-quotes
     transform (a Han character counts as a letter, so the opening mark comes out as a closing one)."""
-    from conftest import ROOT
-
     found = [f"{path.relative_to(ROOT)}:{number}: {text.strip()[:60]}"
              for path in sorted((ROOT / "book").rglob("*.md")) if "_build" not in path.parts
              for number, text in _chinese_prose_lines(path) if '"' in text]
