@@ -311,7 +311,7 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
             flat.zero_grad()
             loss.backward()
             grad_norm = flat.clip_grad_norm_(config.max_grad_norm)  # detail 11 (None: measure)
-            optimizer.step()
+            flat.adam_step(optimizer)  # = optimizer.step(), minus its per-call overhead
             for key, value in stats.items():
                 totals[key] += value
             totals["grad_norm"] += float(grad_norm)

@@ -39,6 +39,7 @@ def test_tanh_through_the_sigmoid_is_tanh(dtype, atol):
     x.requires_grad_(True)
     y = Tanh()(x)
     torch.testing.assert_close(y, torch.tanh(x), atol=atol, rtol=0)
+    assert torch.equal(y, torch.sigmoid(2 * x) * 2 - 1)  # −1 + 2s in one op rounds the same
     (grad,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grad, 1 - torch.tanh(x).square(), atol=4 * atol, rtol=0)
     assert Tanh()(torch.tensor([0.0])).item() == 0.0 and y.abs().max() <= 1
@@ -85,6 +86,34 @@ def test_discrete_actor_critic_against_categorical(shared):
     assert agent.evaluate(obs, actions, entropy=False)[1] is None
     # detail 2: the 0.01-gain policy head starts the policy close to uniform
     assert (dist.probs - 1 / 3).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("batch, num_actions", [(8, 2), (64, 5), (1, 3)])
+def test_discrete_sampling_is_torch_multinomial(batch, num_actions):
+    # act() samples by the exponential race; it must draw the same random numbers as
+    # torch.multinomial(probs, 1) and so give the same actions, call after call
+    agent = ActorCritic(4, num_actions, continuous=False)
+    with torch.no_grad():
+        agent.policy_head.weight.mul_(300)  # far from uniform, so a wrong sampler shows
+    obs = torch.randn(batch, 4)
+    probs = torch.softmax(agent._policy_and_value(obs)[0], dim=-1)
+    torch.manual_seed(7)
+    ours = torch.stack([agent.act(obs)[0] for _ in range(50)])
+    after_ours = torch.rand(3)
+    torch.manual_seed(7)
+    theirs = torch.stack([torch.multinomial(probs, 1).squeeze(-1) for _ in range(50)])
+    assert torch.equal(ours, theirs) and torch.equal(after_ours, torch.rand(3))
+    assert len(ours.unique()) > 1
+
+
+def test_discrete_sampling_frequencies():
+    agent = ActorCritic(4, 3, continuous=False)
+    with torch.no_grad():
+        agent.policy_head.weight.zero_()
+        agent.policy_head.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    counts = torch.bincount(agent.act(torch.zeros(60_000, 4))[0], minlength=3)
+    expected = 60_000 * torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
+    assert ((counts - expected).abs() < 4 * expected.sqrt()).all(), (counts, expected)
 
 
 def test_continuous_actor_critic_samples_its_own_gaussian():
