@@ -292,15 +292,19 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
         advantages, whiten = masked_whiten(advantages, None), False
     totals: dict[str, float] = defaultdict(float)
     num_minibatches, epochs_done, stop = 0, 0, False
+    columns = (obs, actions, old_logprobs, old_values, advantages, returns)
     for _epoch in range(config.ppo_epochs):
         for idx in _minibatches(len(real), minibatch_size, real.device):
+            mb_obs, mb_actions, mb_old_logprobs, mb_old_values, mb_advantages, mb_returns = (
+                columns if idx is None else (column[idx] for column in columns))
             # The entropy term is only built when it is in the loss; it is logged below.
-            logprobs, entropy, values = agent.evaluate(obs[idx], actions[idx],
+            logprobs, entropy, values = agent.evaluate(mb_obs, mb_actions,
                                                        entropy=config.ent_coef > 0)
-            mb_advantages = masked_whiten(advantages[idx], None) if whiten else advantages[idx]
+            if whiten:
+                mb_advantages = masked_whiten(mb_advantages, None)
             loss, stats = ppo_loss(
-                logprobs=logprobs, old_logprobs=old_logprobs[idx], advantages=mb_advantages,
-                values=values, old_values=old_values[idx], returns=returns[idx], entropy=entropy,
+                logprobs=logprobs, old_logprobs=mb_old_logprobs, advantages=mb_advantages,
+                values=values, old_values=mb_old_values, returns=mb_returns, entropy=entropy,
                 clip_eps=clip_eps, vf_clip_eps=config.vf_clip_eps, vf_coef=config.vf_coef,
                 ent_coef=config.ent_coef)
             # Early stop (SB3's target_kl): the policy already moved too far from π_old, so
@@ -329,11 +333,11 @@ def _minibatches(num: int, minibatch_size: int, device: torch.device) -> list:
     """One epoch's minibatches of ``range(num)``: a fresh shuffle split into ``minibatch_size``
     index sets, leftovers of one transition dropped (they have no variance to whiten with).
     When one minibatch holds everything, a shuffle would only reorder sums: the whole batch is
-    then taken as it is (``slice(None)``, views instead of copies)."""
+    then taken as it is (``None``: the batch tensors themselves, not indexed copies)."""
     if num < 2:
         return []
     if minibatch_size >= num:
-        return [slice(None)]
+        return [None]
     return [idx for idx in torch.randperm(num, device=device).split(minibatch_size) if len(idx) >= 2]
 
 
