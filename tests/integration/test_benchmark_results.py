@@ -138,3 +138,36 @@ def test_devices_script_runs_on_this_machine(tmp_path):
                     "--updates", "2", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
     record = json.loads(out.read_text())
     _check_devices_record(record, ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+
+
+def _check_call_overhead_record(record: dict) -> None:
+    """call_overhead.json: one row per variant; the summary is what ``summarise`` gives; before
+    and after were checked to give identical actions and weights."""
+    from call_overhead import CHANGES, summarise
+
+    assert record["command"].startswith("python benchmarks/call_overhead.py")
+    config, rows = record["config"], record["results"]
+    assert config["changes"] == list(CHANGES) and config["torch_threads"] == 1
+    assert [r["variant"] for r in rows] == ["before", "after"] + [
+        f"after, {change} as before" for change in CHANGES]
+    assert all(r["rounds"] == config["rounds"] and r["us_per_vector_step"] > 0
+               and r["us_per_gradient_step"] > 0 for r in rows)
+    summary = summarise(rows, config["vector_steps_per_update"], config["gradient_steps_per_update"])
+    assert {k: v for k, v in record["summary"].items() if k != "identical"} == json.loads(json.dumps(summary))
+    assert record["summary"]["identical"] == {"updates": 5, "identical_actions": True,
+                                              "identical_weights": True}
+
+
+def test_call_overhead_summary_is_what_the_rows_give():
+    _check_call_overhead_record(_load("call_overhead"))
+
+
+def test_call_overhead_script_runs_on_this_machine(tmp_path):
+    """The script runs as documented, with its before/after identity check, and writes a record
+    that passes the same checks."""
+    import subprocess
+
+    out = tmp_path / "call_overhead.json"
+    subprocess.run([sys.executable, "benchmarks/call_overhead.py", "--rounds", "2", "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True)
+    _check_call_overhead_record(json.loads(out.read_text()))
