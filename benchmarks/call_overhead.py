@@ -105,7 +105,7 @@ def _update(config, envs, agent, flat, optimizer, state):
         gae_lambda=config.gae_lambda)
     start = time.perf_counter()
     _, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config,
-                          config.num_envs * config.num_steps, clip_eps=0.2)
+                          config.num_envs * config.num_steps, clip_eps=config.clip_eps)
     return rollout, time.perf_counter() - start, epochs, batch.actions
 
 
