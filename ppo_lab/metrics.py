@@ -56,6 +56,12 @@ _ALL = (
         outside="Above ~0.05 the update leaves the trust region (CleanRL/SB3 early-stop at target_kl ≈ 0.01–0.05); < 0 is impossible for k3 and means a bug.",
         source="CleanRL target_kl; SB3 target_kl",
     ),
+    Metric(
+        "policy/kl", "KL 惩罚项", "Masked mean of the per-element KL estimate in the loss's KL term, "
+        "β·KL (L^KLPEN, Schulman et al. 2017 §4); logged only when the loss has that term.",
+        low=0.0,
+        outside="Negative means a k1 estimate on samples not drawn from the policy (use k3 in a loss).",
+    ),
     Metric("value/loss", "价值损失", "½·mean of the (clipped) squared error of the value function (Eqs. (3.7)–(3.8))."),
     Metric(
         "value/clip_fraction", "价值裁剪比例", "Fraction of kept samples with |v − v_old| > vf_clip_eps.",
@@ -96,6 +102,7 @@ _LOSS_KEYS = {
     "entropy": "policy/entropy",
     "clip_fraction": "policy/clip_fraction",
     "approx_kl": "policy/approx_kl",
+    "kl": "policy/kl",
     "value_loss": "value/loss",
     "value_clip_fraction": "value/clip_fraction",
 }

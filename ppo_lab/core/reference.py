@@ -242,7 +242,7 @@ def clipped_value_loss(values, old_values, returns, clip_eps, mask=None):
 
 def ppo_loss(
     *, logprobs, old_logprobs, advantages, values, old_values, returns,
-    clip_eps, vf_clip_eps, vf_coef, entropy=None, ent_coef=0.0, mask=None,
+    clip_eps, vf_clip_eps, vf_coef, entropy=None, ent_coef=0.0, kl=None, kl_coef=0.0, mask=None,
 ):
     policy_loss, ps = clipped_surrogate_loss(logprobs, old_logprobs, advantages, clip_eps, mask)
     value_loss, vs = clipped_value_loss(values, old_values, returns, vf_clip_eps, mask)
@@ -257,7 +257,10 @@ def ppo_loss(
     if entropy is not None:
         stats["entropy"] = _mean(_floats(entropy), _kept(mask, entropy.numel()))
         loss -= ent_coef * stats["entropy"]
+    if kl is not None:
+        stats["kl"] = _mean(_floats(kl), _kept(mask, kl.numel()))
+        loss += kl_coef * stats["kl"]
     stats["loss"] = loss
-    optional = () if entropy is None else (entropy,)
+    optional = tuple(t for t in (entropy, kl) if t is not None)
     dtype = _dtype(logprobs, old_logprobs, advantages, values, old_values, returns, *optional)
     return _scalar(loss, dtype), stats

@@ -8,7 +8,8 @@ from core_helpers import core_settings, dtypes, generator, random_mask, seeds, s
 from hypothesis import given, strategies as st
 from torch.testing import assert_close
 
-from ppo_lab import clipped_surrogate_loss, clipped_value_loss, cpi_surrogate_loss, ppo_loss
+from ppo_lab import (clipped_surrogate_loss, clipped_value_loss, cpi_surrogate_loss, kl_estimate,
+                     ppo_loss)
 from ppo_lab.core import reference as ref
 
 F64 = torch.float64
@@ -154,14 +155,17 @@ def test_bad_input(call, message):
 
 
 @core_settings
-@given(shape=shapes_2d, dtype=dtypes, seed=seeds, vf_clip_eps=st.sampled_from([None, 0.2]), with_entropy=st.booleans())
-def test_ppo_loss_matches_loop(shape, dtype, seed, vf_clip_eps, with_entropy):
+@given(shape=shapes_2d, dtype=dtypes, seed=seeds, vf_clip_eps=st.sampled_from([None, 0.2]),
+       with_entropy=st.booleans(), with_kl=st.booleans())
+def test_ppo_loss_matches_loop(shape, dtype, seed, vf_clip_eps, with_entropy, with_kl):
     gen = generator(seed)
     b = random_batch(shape, dtype, gen)
     if not with_entropy:
         b["entropy"] = None
     mask = random_mask(shape, gen)
-    coefs = dict(clip_eps=0.2, vf_clip_eps=vf_clip_eps, vf_coef=0.5, ent_coef=0.01, mask=mask)
+    kl = torch.rand(shape, dtype=dtype, generator=gen) if with_kl else None
+    coefs = dict(clip_eps=0.2, vf_clip_eps=vf_clip_eps, vf_coef=0.5, ent_coef=0.01, mask=mask,
+                 kl=kl, kl_coef=0.3)
     loss, stats = ppo_loss(**b, **coefs)
     ref_loss, ref_stats = ref.ppo_loss(**b, **coefs)
     assert_close(loss, ref_loss, **tol(dtype))
@@ -184,9 +188,39 @@ def test_ppo_loss_is_the_sum_of_its_parts_and_backpropagates():
     assert all(b[k].grad is not None for k in ("logprobs", "values"))
 
 
+def test_ppo_loss_kl_term_adds_beta_times_masked_mean_and_its_gradient():
+    """L^KLPEN (PPO paper §4): the loss grows by kl_coef · mean(kl) over kept elements only."""
+    b = random_batch((4, 3), F64, generator(5))
+    logprobs = b["logprobs"].clone().requires_grad_(True)
+    ref_logprobs = b["old_logprobs"] - 0.1
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[3] = False
+    kl = kl_estimate(logprobs, ref_logprobs, kind="k3")
+    kl = torch.where(mask, kl, torch.nan)  # dropped positions never reach the result
+    base, base_stats = ppo_loss(**{**b, "logprobs": logprobs}, clip_eps=0.2, vf_clip_eps=None,
+                                vf_coef=0.5, mask=mask)
+    loss, stats = ppo_loss(**{**b, "logprobs": logprobs}, clip_eps=0.2, vf_clip_eps=None,
+                           vf_coef=0.5, kl=kl, kl_coef=0.25, mask=mask)
+    expected_kl = kl[mask].mean()
+    assert_close(loss, base + 0.25 * expected_kl)
+    assert stats["kl"] == pytest.approx(expected_kl.item())
+    assert "kl" not in base_stats
+    (grad,) = torch.autograd.grad(loss - base, logprobs)
+    d = (logprobs - ref_logprobs).detach()
+    expected = torch.where(mask, 0.25 * (1 - torch.exp(-d)) / mask.sum(), torch.zeros(()))
+    assert_close(grad, expected)  # d/dd of k3 = 1 − e^{−d}
+    # kl_coef = 0 keeps the term's value in stats but adds nothing to the loss
+    zero, zero_stats = ppo_loss(**{**b, "logprobs": logprobs}, clip_eps=0.2, vf_clip_eps=None,
+                                vf_coef=0.5, kl=kl, kl_coef=0.0, mask=mask)
+    assert_close(zero, base)
+    assert zero_stats["kl"] == pytest.approx(expected_kl.item())
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ({"kl_coef": -0.1}, "^kl_coef"),
+        ({"kl": torch.zeros(2, 3)}, "^kl: shape"),
         ({"vf_clip_eps": 0.0}, "^vf_clip_eps"),
         ({"clip_eps": -0.1}, "^clip_eps"),
         ({"vf_coef": -1.0}, "^vf_coef"),
