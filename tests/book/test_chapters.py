@@ -12,6 +12,7 @@ import nbformat
 import pytest
 import yaml
 
+import ppo_lab
 from conftest import ROOT, build_book, notebooks, toc_files
 
 pytestmark = pytest.mark.book
@@ -33,14 +34,36 @@ def test_toc_lists_every_chapter_and_only_existing_files(chapters):
         assert str(md.relative_to(ROOT).with_suffix("")) in listed, f"{md} is not in _toc.yml"
 
 
+def colab_install_problems(source: str, where: str) -> list[str]:
+    """What is wrong with a first code cell that should install ppo-lab on Colab: the cell must
+    guard the install with ``"google.colab" in sys.modules`` and install
+    ``ppo-lab[llm] @ git+<_config.yml repository.url>@v<ppo_lab.__version__>`` (the release tag)."""
+    if 'if "google.colab" in sys.modules:' not in source:
+        return [f"{where}: first code cell is not the Colab cell"]
+    specs = re.findall(r'%pip install[^"]*"ppo-lab\[llm\] @ git\+(\S+?)@(v[^"@]+)"', source)
+    expected = (REPO_URL, f"v{ppo_lab.__version__}")
+    if specs != [expected]:
+        return [f"{where}: Colab cell installs {specs or source!r}, expected ppo-lab[llm] from {expected}"]
+    return []
+
+
 def test_first_cell_installs_from_the_configured_repository(chapters):
-    """The Colab install cell uses `_config.yml`'s repository.url, the one place it is kept."""
+    """The Colab install cell names `_config.yml`'s repository.url and the release tag of
+    `ppo_lab.__version__`, in every chapter and in its executed pair."""
     for md in chapters:
-        nb = jupytext.read(md)
-        first = next(c for c in nb.cells if c.cell_type == "code")
-        assert 'if "google.colab" in sys.modules:' in first.source, f"{md}: first code cell is not the Colab cell"
-        urls = re.findall(r"git\+(\S+?)\"", first.source)
-        assert urls == [REPO_URL], f"{md}: Colab cell installs from {urls}, _config.yml says {REPO_URL}"
+        for nb, where in ((jupytext.read(md), md), (nbformat.read(md.with_suffix(".ipynb"), as_version=4), md.with_suffix(".ipynb"))):
+            first = next(c for c in nb.cells if c.cell_type == "code")
+            assert not colab_install_problems(first.source, str(where)), colab_install_problems(first.source, str(where))
+
+
+def test_install_cell_check_fails_on_a_stale_tag_or_url():
+    good = f'import sys\nif "google.colab" in sys.modules:\n    %pip install -q "ppo-lab[llm] @ git+{REPO_URL}@v{ppo_lab.__version__}"'
+    assert colab_install_problems(good, "x") == []
+    assert colab_install_problems(good.replace(f"@v{ppo_lab.__version__}", "@v0.0.0"), "x")
+    assert colab_install_problems(good.replace(f"@v{ppo_lab.__version__}", ""), "x")
+    assert colab_install_problems(good.replace(REPO_URL, "https://example.org/fork"), "x")
+    assert colab_install_problems(good.replace("ppo-lab[llm]", "ppo-lab"), "x")
+    assert colab_install_problems(good.replace('if "google.colab" in sys.modules:\n', ""), "x")
 
 
 def _write_chapter(folder: Path, cells: list[str]) -> Path:
