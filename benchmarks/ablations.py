@@ -1,6 +1,6 @@
 """CartPole-v1 ablations of PPO's implementation details, seeded learning curves (§5).
 
-    python benchmarks/ablations.py              # writes benchmarks/results/ablations.json
+    python benchmarks/ablations.py              # writes ppo_lab/results/ablations.json
     python benchmarks/ablations.py --seeds 0    # a quick look (do not commit)
 
 The baseline is CleanRL's ``ppo.py`` CartPole configuration (4 envs x 128 steps, 4 minibatches,

@@ -1,6 +1,6 @@
 """What a few microseconds per call are worth: four savings in ppo_lab's CartPole loop, measured.
 
-    python benchmarks/call_overhead.py    # writes benchmarks/results/call_overhead.json
+    python benchmarks/call_overhead.py    # writes ppo_lab/results/call_overhead.json
 
 Chapter 5 (§5.7) finds that a CartPole gradient step costs mostly a fixed amount per operator and
 per Python call, not arithmetic. Four changes to ppo_lab remove calls and leave every number the
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds")
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default benchmarks/results/call_overhead.json)")
+                        help="result file (default ppo_lab/results/call_overhead.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     wall_start = time.perf_counter()

@@ -1,6 +1,6 @@
 """CartPole-v1: ppo_lab against Stable-Baselines3 PPO, 5 seeds, one CPU thread per run.
 
-    python benchmarks/cartpole.py                 # writes benchmarks/results/cartpole.json
+    python benchmarks/cartpole.py                 # writes ppo_lab/results/cartpole.json
     python benchmarks/cartpole.py --seeds 5 6 --out /tmp/more.json   # other seeds, elsewhere
 
 Three runs per seed, interleaved (ppo_lab seed 0, SB3 seed 0, tuned seed 0, ppo_lab seed 1, …)
@@ -105,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default benchmarks/results/cartpole.json)")
+                        help="result file (default ppo_lab/results/cartpole.json)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNNER", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

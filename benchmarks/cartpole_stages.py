@@ -1,6 +1,6 @@
 """Where a CartPole PPO run spends its time: ppo_lab against Stable-Baselines3, stage by stage.
 
-    python benchmarks/cartpole_stages.py    # writes benchmarks/results/cartpole_stages.json
+    python benchmarks/cartpole_stages.py    # writes ppo_lab/results/cartpole_stages.json
 
 ``benchmarks/cartpole.py`` measures steps per second of whole runs; this script splits them.
 
@@ -135,7 +135,7 @@ def worker_step_cost() -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default benchmarks/results/cartpole_stages.json)")
+                        help="result file (default ppo_lab/results/cartpole_stages.json)")
     parser.add_argument("--steps", type=int, default=STEPS, help="env steps per stage run")
     parser.add_argument("--runs", type=int, default=REPEATS, help="stage runs per runner")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """What every benchmark script shares: the stamp (command, machine, time) and the JSON writer.
 
-Each ``benchmarks/<name>.py`` writes ``benchmarks/results/<name>.json`` as
+Each ``benchmarks/<name>.py`` writes ``ppo_lab/results/<name>.json`` as
 ``{"benchmark", "command", "created", "machine", "config", "results": [rows]}`` so the book's
 benchmark tables can be generated from the files alone (DESIGN.md: every committed result is
 stamped with its command and machine).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ppo_lab.cli import doctor_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "ppo_lab" / "results"  # package data (ppo_lab.results)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,7 +74,7 @@ def time_call(fn, *, sync=lambda: None, min_time_s: float = 0.2, max_repeats: in
 
 def write(name: str, config: dict, results: list[dict], out: Path | None = None,
           summary: dict | None = None) -> Path:
-    """Write the stamped result file (default ``benchmarks/results/<name>.json``); return its path.
+    """Write the stamped result file (default ``ppo_lab/results/<name>.json``); return its path.
 
     ``summary`` (medians, ratios, targets met) is stored beside the per-run ``results`` rows.
     """

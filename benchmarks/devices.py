@@ -1,6 +1,6 @@
 """CartPole PPO on the CPU and on a GPU as the batch grows: when does the accelerator pay?
 
-    python benchmarks/devices.py    # writes benchmarks/results/devices.json
+    python benchmarks/devices.py    # writes ppo_lab/results/devices.json
 
 ppo_lab's tuned ``cartpole`` preset (T = 32 steps per rollout, 2 minibatches x 6 epochs) with
 N = 16, 256 and 2048 sub-environments, so 512, 8,192 and 65,536 transitions per update, each
@@ -86,7 +86,7 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default benchmarks/results/devices.json)")
+                        help="result file (default ppo_lab/results/devices.json)")
     parser.add_argument("--runs", type=int, default=REPEATS, help="runs per (device, N)")
     parser.add_argument("--num-envs", type=int, nargs="+", default=list(NUM_ENVS),
                         help="sub-environment counts N to measure")

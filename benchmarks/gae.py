@@ -1,5 +1,5 @@
 """GAE benchmark (§4.6): ``gae_advantages`` (a log-depth scan) against two loops. Writes
-``benchmarks/results/gae.json`` and prints the table the book shows.
+``ppo_lab/results/gae.json`` and prints the table the book shows.
 
 Three implementations of Eq. (4.9), float32, all checked against ``gae_advantages`` first:
 
@@ -60,7 +60,7 @@ class Config:
     quick: bool = False
     """Smoke run: shapes (64, 4) and (16, 32), 3 rounds (targets are not checked)."""
     out: Path | None = None
-    """Where to write the JSON (default benchmarks/results/gae.json)."""
+    """Where to write the JSON (default ppo_lab/results/gae.json)."""
 
 
 def cleanrl_loop(rewards, values, next_values, terminated, episode_ends, gamma, gae_lambda):

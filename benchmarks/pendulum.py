@@ -1,6 +1,6 @@
 """Pendulum-v1 (continuous torque): ppo_lab's ``pendulum`` preset, 3 seeds, one CPU thread each.
 
-    python benchmarks/pendulum.py               # writes benchmarks/results/pendulum.json
+    python benchmarks/pendulum.py               # writes ppo_lab/results/pendulum.json
 
 Target: the mean return of the last 20 episodes reaches −400 within 3×10⁵ env steps, every
 seed. Each run is a fresh process; curves (running mean of 20 episode returns, ~100 points per

@@ -1,4 +1,4 @@
-"""Markdown tables from ``benchmarks/results/*.json`` for the book's benchmark appendix.
+"""Markdown tables from ``ppo_lab/results/*.json`` for the book's benchmark appendix.
 
 Every result file has the layout ``benchmarks/common.py`` writes: ``benchmark``, ``command``,
 ``created``, ``machine``, ``config``, ``results`` (rows) and optionally ``summary``. The
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "ppo_lab" / "results"  # package data (ppo_lab.results)
 MACHINE_KEYS = ("cpu", "cpu cores", "load average", "torch", "torch threads", "cuda available")
 
 

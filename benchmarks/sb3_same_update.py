@@ -1,6 +1,6 @@
 """One ppo_lab update equals one Stable-Baselines3 update on the same data and weights.
 
-    python benchmarks/sb3_same_update.py    # writes benchmarks/results/sb3_same_update.json
+    python benchmarks/sb3_same_update.py    # writes ppo_lab/results/sb3_same_update.json
 
 The CartPole comparison (``benchmarks/cartpole.py``) claims the ``cartpole-zoo`` preset and SB3
 run the same algorithm. This checks the update half of that claim directly, for seeds 0–4:
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=None,
-                        help="result file (default benchmarks/results/sb3_same_update.json)")
+                        help="result file (default ppo_lab/results/sb3_same_update.json)")
     args = parser.parse_args()
     rows = [compare(seed) for seed in args.seeds]
     for row in rows:

@@ -61,7 +61,7 @@ def test_gae_benchmark_quick_run(tmp_path):
 
 
 def test_committed_gae_results_are_complete():
-    record = json.loads((ROOT / "benchmarks/results/gae.json").read_text())
+    record = json.loads((ROOT / "ppo_lab/results/gae.json").read_text())
     assert "--quick" not in record["command"] and record["config"]["quick"] is False
     check_record(record, rounds=record["config"]["rounds"])
     assert record["config"]["rounds"] >= 5

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import median  # noqa: E402
 
-RESULTS = ROOT / "benchmarks/results"
+RESULTS = ROOT / "ppo_lab/results"
 
 
 def _load(name: str) -> dict:
