@@ -13,8 +13,6 @@ The run directory (``--run-dir``, default ``runs/<preset>-seed<seed>-<time>``) r
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -22,43 +20,10 @@ from pathlib import Path
 
 import tyro
 
-from ppo_lab.metrics import running_mean
-from ppo_lab.toy.ppo import PRESETS, TrainResult, train
+from ppo_lab.runs import write_run_files
+from ppo_lab.toy.ppo import PRESETS, train
 
-__all__ = ["main", "plot_learning_curve", "write_run_files"]
-
-
-def write_run_files(result: TrainResult, run_dir: str | Path, command: str = "") -> None:
-    """``metrics.csv``, ``episodes.csv``, ``metrics.json`` and ``learning_curve.png``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("metrics.csv", result.history), ("episodes.csv", result.episodes)):
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        with open(run_dir / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    with open(run_dir / "metrics.json", "w") as f:
-        json.dump({"command": command, "config": result.config.to_dict(),
-                   "history": result.history, "episodes": result.episodes}, f, indent=1)
-    plot_learning_curve(result, run_dir / "learning_curve.png")
-
-
-def plot_learning_curve(result: TrainResult, path: str | Path, window: int = 20) -> None:
-    """Episode returns against env steps, with their running mean over ``window`` episodes."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    steps = [e["global_step"] for e in result.episodes]
-    returns = [e["return"] for e in result.episodes]
-    running = running_mean(returns, window)
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(steps, returns, ".", alpha=0.25, markersize=3, label="episode return")
-    ax.plot(steps, running, label=f"mean of last {window}")
-    ax.set(xlabel="env steps", ylabel="return", title=f"PPO on {result.config.env_id}")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
