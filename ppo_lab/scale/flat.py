@@ -8,22 +8,19 @@ every gradient a view into one flat gradient, the three become one or two kernel
 - ``backward`` accumulates each parameter's gradient in place into its view of ``grad``
   (autograd adds into an existing ``.grad`` instead of replacing it);
 - the optimiser is built on the single flat parameter, so Adam is one fused kernel;
-- clipping is one norm and one multiply; zeroing is one fill;
-- :meth:`FlatParameters.adam_step` calls that one kernel through ``torch.optim.adam.adam``
-  directly, without ``Optimizer.step``'s per-call machinery around it.
+- clipping is one norm and one multiply; zeroing is one fill.
 
 The same idea, at scale: DDP's ``gradient_as_bucket_view``, Megatron-LM's contiguous gradient
 buffer and FSDP's ``FlatParameter``. The model itself does not change: its parameters keep their
 names, shapes and ``state_dict``; only their storage moves. On the CartPole actor-critic,
-gradient clipping plus Adam drop from 36 ATen operators to 13 (§5.7, exercise 5.4), where a
-small network's time goes (``benchmarks/cartpole_stages.py``).
+gradient clipping plus Adam drop from 36 ATen operators to 13 (exercise 5.4; where a small
+network's time goes is the engineering appendix, measured by ``benchmarks/cartpole_stages.py``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.adam import adam
 
 __all__ = ["FlatParameters"]
 
@@ -76,38 +73,3 @@ class FlatParameters:
         if max_norm is not None:
             self.param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return norm
-
-    def adam_step(self, optimizer: torch.optim.Adam) -> None:
-        """``optimizer.step()`` for an Adam built on ``[self.param]``, bit for bit, but cheaper.
-
-        ``Adam.step`` gathers each group's state and then calls ``torch.optim.adam.adam``, the
-        functional form of the algorithm. This method makes that same call with the same state
-        tensors and hyperparameters, so the kernel (fused or not), its arithmetic and the
-        result are identical. What it leaves out is the machinery around the call: step hooks,
-        a profiler record, grad-mode switches and the walk over param groups and their state.
-        For one flat tensor that machinery is the expensive part: about 50 µs of a ~700 µs
-        CartPole gradient step, against a few µs for the fused kernel.
-
-        The first call goes through ``optimizer.step()``, which creates the state; a learning-
-        rate scheduler keeps working, since the lr is read from the param group on every call.
-        """
-        groups = optimizer.param_groups
-        if not (isinstance(optimizer, torch.optim.Adam) and len(groups) == 1
-                and len(groups[0]["params"]) == 1 and groups[0]["params"][0] is self.param):
-            raise ValueError("optimizer: adam_step needs a torch.optim.Adam built on [flat.param] alone")
-        state = optimizer.state.get(self.param)
-        group = groups[0]
-        if not state or group["differentiable"]:
-            optimizer.step()  # creates exp_avg, exp_avg_sq (and max_exp_avg_sq) and step
-            return
-        beta1, beta2 = group["betas"]
-        with torch.no_grad():
-            adam([self.param], [self.param.grad], [state["exp_avg"]], [state["exp_avg_sq"]],
-                 [state["max_exp_avg_sq"]] if group["amsgrad"] else [], [state["step"]],
-                 foreach=group["foreach"], capturable=group["capturable"], differentiable=False,
-                 fused=group["fused"], grad_scale=getattr(optimizer, "grad_scale", None),
-                 found_inf=getattr(optimizer, "found_inf", None),
-                 has_complex=torch.is_complex(self.param),
-                 decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
-                 beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-                 eps=group["eps"], maximize=group["maximize"])

@@ -237,7 +237,7 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
         # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, Eqs. (3.11)–(3.12).
         lr = optimizer.param_groups[0]["lr"]
         stats, epochs_done = _optimise(agent, flat, optimizer, batch, advantages, returns,
-                                       config, sizes.minibatch_size, clip_eps)
+                                       config, clip_eps)
 
         # 4. Anneal the learning rate, log, checkpoint.
         scheduler.step()
@@ -273,8 +273,9 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
 
 def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.Optimizer,
               batch: RolloutBatch, advantages: torch.Tensor, returns: torch.Tensor,
-              config: PPOConfig, minibatch_size: int, clip_eps: float) -> tuple[dict[str, float], int]:
-    """Stage 3: ``ppo_epochs`` passes of shuffled minibatches; ``optimizer`` steps ``flat.param``.
+              config: PPOConfig, clip_eps: float) -> tuple[dict[str, float], int]:
+    """Stage 3: ``ppo_epochs`` passes of ``num_minibatches`` shuffled minibatches of the real
+    transitions (Eq. (5.1)); ``optimizer`` steps ``flat.param``.
 
     Returns the mean loss statistics and the number of epochs completed (fewer than
     ``ppo_epochs`` after an early stop on KL).
@@ -288,13 +289,13 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
     # detail 7: per-minibatch advantage normalisation (Andrychowicz et al. 2021). When one
     # minibatch is the whole batch (the zoo's CartPole set), it is the same every epoch: do it once.
     whiten = config.norm_adv
-    if whiten and 2 <= len(real) <= minibatch_size:
+    if whiten and config.num_minibatches == 1:
         advantages, whiten = masked_whiten(advantages, None), False
     totals: dict[str, float] = defaultdict(float)
     num_minibatches, epochs_done, stop = 0, 0, False
     columns = (obs, actions, old_logprobs, old_values, advantages, returns)
     for _epoch in range(config.ppo_epochs):
-        for idx in _minibatches(len(real), minibatch_size, real.device):
+        for idx in _minibatches(len(real), config.num_minibatches, real.device):
             mb_obs, mb_actions, mb_old_logprobs, mb_old_values, mb_advantages, mb_returns = (
                 columns if idx is None else (column[idx] for column in columns))
             # The entropy term is only built when it is in the loss; it is logged below.
@@ -315,7 +316,7 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
             flat.zero_grad()
             loss.backward()
             grad_norm = flat.clip_grad_norm_(config.max_grad_norm)  # detail 11 (None: measure)
-            flat.adam_step(optimizer)  # = optimizer.step(), minus its per-call overhead
+            optimizer.step()
             for key, value in stats.items():
                 totals[key] += value
             totals["grad_norm"] += float(grad_norm)
@@ -329,16 +330,23 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
     return _mean_stats(totals, num_minibatches), epochs_done
 
 
-def _minibatches(num: int, minibatch_size: int, device: torch.device) -> list:
-    """One epoch's minibatches of ``range(num)``: a fresh shuffle split into ``minibatch_size``
-    index sets, leftovers of one transition dropped (they have no variance to whiten with).
-    When one minibatch holds everything, a shuffle would only reorder sums: the whole batch is
-    then taken as it is (``None``: the batch tensors themselves, not indexed copies)."""
-    if num < 2:
-        return []
-    if minibatch_size >= num:
+def _minibatches(num: int, num_minibatches: int, device: torch.device) -> list:
+    """One epoch's minibatches of ``range(num)``, the indices of a rollout's real transitions.
+
+    Ghost steps leave ``num ≤ B`` real transitions, which ``num_minibatches`` (M) need not
+    divide: a fresh shuffle is split into M index sets whose sizes differ by at most one
+    (``torch.tensor_split``), so every real transition is used once per epoch and each epoch
+    takes M gradient steps, as Eq. (5.1) counts them. With M = 1 a shuffle would only reorder
+    sums: the whole batch is taken as it is (``None``: the batch tensors themselves, not an
+    indexed copy). Fewer than 2 transitions per minibatch (too few to whiten) is a ValueError.
+    """
+    if num < 2 * num_minibatches:
+        raise ValueError(f"num_minibatches: {num} real transitions in this rollout cannot fill "
+                         f"{num_minibatches} minibatches of at least 2; use fewer minibatches "
+                         "or a larger num_envs * num_steps")
+    if num_minibatches == 1:
         return [None]
-    return [idx for idx in torch.randperm(num, device=device).split(minibatch_size) if len(idx) >= 2]
+    return list(torch.randperm(num, device=device).tensor_split(num_minibatches))
 
 
 def _mean_stats(totals: dict[str, float], num_minibatches: int) -> dict[str, float]:

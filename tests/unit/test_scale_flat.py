@@ -52,47 +52,6 @@ def test_steps_match_per_tensor_adam_and_clipping(max_norm, device):
         assert ref_norm > max_norm
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("options", [
-    {"fused": True}, {"foreach": True}, {"foreach": False},
-    {"fused": True, "amsgrad": True, "weight_decay": 0.1}, {"foreach": False, "maximize": True},
-])
-def test_adam_step_is_optimizer_step_bit_for_bit(options, device):
-    torch.manual_seed(0)
-    models = [ActorCritic(4, 3, continuous=False).to(device) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    flats = [FlatParameters(m) for m in models]
-    opts = [torch.optim.Adam([f.param], lr=1e-2, eps=1e-5, **options) for f in flats]
-    # a schedule that changes the lr every step: adam_step must read it from the param group
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1.0 - k / 8) for o in opts]
-    for step in range(6):
-        obs, actions = torch.randn(32, 4).to(device), torch.randint(0, 3, (32,)).to(device)
-        for model, flat, opt, sched, use_adam_step in zip(models, flats, opts, scheds, (False, True)):
-            flat.zero_grad()
-            _loss(model, obs, actions).backward()
-            flat.clip_grad_norm_(0.5)
-            flat.adam_step(opt) if use_adam_step else opt.step()
-            sched.step()
-        assert torch.equal(flats[0].param, flats[1].param), step
-    states = [o.state_dict() for o in opts]
-    assert states[0]["param_groups"] == states[1]["param_groups"]
-    for key, value in states[0]["state"][0].items():
-        assert torch.equal(value, states[1]["state"][0][key]), key
-    assert float(states[1]["state"][0]["step"]) == 6
-
-
-def test_adam_step_needs_an_adam_on_the_flat_parameter_alone():
-    model = ActorCritic(4, 2, continuous=False)
-    flat = FlatParameters(model)
-    other = nn.Linear(2, 2)
-    for bad in (torch.optim.SGD([flat.param], lr=0.1),
-                torch.optim.Adam([flat.param, other.weight]),
-                torch.optim.Adam([{"params": [flat.param]}, {"params": [other.weight]}]),
-                torch.optim.Adam(other.parameters())):
-        with pytest.raises(ValueError, match=r"optimizer: adam_step needs a torch.optim.Adam built on \[flat.param\]"):
-            flat.adam_step(bad)
-
-
 def test_parameters_and_gradients_are_views_of_the_buffers():
     model = ActorCritic(3, 1, continuous=True, hidden_sizes=(8,))
     names = {k: v.shape for k, v in model.state_dict().items()}

@@ -82,9 +82,9 @@ def test_ghost_steps_never_reach_a_loss_or_statistic():
     clean.load_state_dict(agent.state_dict())
     flat = FlatParameters(agent)
     optimizer = torch.optim.Adam([flat.param], lr=1e-3)
-    config = SMALL.replace(ppo_epochs=3, vf_clip_eps=0.2, ent_coef=0.01)
+    config = SMALL.replace(ppo_epochs=3, vf_clip_eps=0.2, ent_coef=0.01)  # 4 minibatches
     stats, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config,
-                              minibatch_size=200, clip_eps=0.2)
+                              clip_eps=0.2)
     assert epochs == 3
     assert all(math.isfinite(v) for v in stats.values()), stats
     for name, p in agent.named_parameters():
@@ -98,13 +98,13 @@ def test_ghost_steps_are_dropped_not_zeroed():
     agent, batch, advantages, returns = _rollout_and_advantages(seed=1)
     copy = ActorCritic(4, 2, continuous=False)
     copy.load_state_dict(agent.state_dict())
-    config = SMALL.replace(ppo_epochs=2)
+    config = SMALL.replace(ppo_epochs=2, num_minibatches=8)
 
     def update(model):
         torch.manual_seed(7)
         flat = FlatParameters(model)
         _optimise(model, flat, torch.optim.Adam([flat.param], lr=1e-3), batch, advantages,
-                  returns, config, minibatch_size=100, clip_eps=0.2)
+                  returns, config, clip_eps=0.2)
 
     update(agent)
     ghosts = ~batch.mask
@@ -114,16 +114,39 @@ def test_ghost_steps_are_dropped_not_zeroed():
 
 
 def test_minibatches_cover_every_transition_once():
+    # Eq. (5.1) counts M minibatches an epoch; ghost steps leave a count M need not divide,
+    # and no transition is left out: the sizes differ by at most one
     torch.manual_seed(0)
-    batches = _minibatches(10, 4, torch.device("cpu"))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    assert sorted(torch.cat(batches).tolist()) == list(range(10))
-    assert [len(b) for b in _minibatches(9, 4, torch.device("cpu"))] == [4, 4]  # leftover of 1
+    for num, m, sizes in [(10, 4, [3, 3, 2, 2]), (9, 4, [3, 2, 2, 2]), (8, 4, [2, 2, 2, 2]),
+                          (509, 2, [255, 254])]:
+        batches = _minibatches(num, m, torch.device("cpu"))
+        assert [len(b) for b in batches] == sizes
+        assert sorted(torch.cat(batches).tolist()) == list(range(num))
     # one minibatch holds the whole batch: taken as it is, no shuffle drawn from the generator
     state = torch.get_rng_state()
-    assert _minibatches(10, 16, torch.device("cpu")) == [None]
+    assert _minibatches(10, 1, torch.device("cpu")) == [None]
     assert torch.equal(torch.get_rng_state(), state)
-    assert _minibatches(1, 16, torch.device("cpu")) == []
+
+
+@pytest.mark.parametrize("num, m", [(7, 4), (1, 1), (0, 1)])
+def test_minibatches_too_small_to_whiten_fail_loudly(num, m):
+    with pytest.raises(ValueError, match=f"^num_minibatches: {num} real transitions"):
+        _minibatches(num, m, torch.device("cpu"))
+
+
+def test_an_epoch_takes_num_minibatches_steps_despite_ghosts():
+    """A rollout with ghost steps has fewer real transitions than B; each epoch still takes
+    exactly num_minibatches gradient steps."""
+    agent, batch, advantages, returns = _rollout_and_advantages(seed=2)
+    real = int(batch.mask.sum())
+    assert real < batch.mask.numel() and real % 8 != 0  # not divisible by M = 8
+    flat = FlatParameters(agent)
+    optimizer = torch.optim.Adam([flat.param], lr=1e-3)
+    steps = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    config = SMALL.replace(ppo_epochs=3, num_minibatches=8)
+    _optimise(agent, flat, optimizer, batch, advantages, returns, config, clip_eps=0.2)
+    assert len(steps) == 3 * 8
 
 
 def test_early_stop_on_kl():
