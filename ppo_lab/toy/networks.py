@@ -71,6 +71,15 @@ class TwinLinear(nn.Module):
             for i in range(2):  # detail 2 for each layer (W^T is what nn.Linear would hold)
                 nn.init.orthogonal_(self.weight[i].T, gain)
 
+    def reset_parameters(self) -> None:
+        """Re-initialise each slice as ``nn.Linear.reset_parameters`` does (torch's default:
+        U(−1/√in, 1/√in) for weights and biases) instead of detail 2."""
+        bound = 1.0 / math.sqrt(self.weight.shape[1])
+        with torch.no_grad():
+            for i in range(2):
+                nn.init.kaiming_uniform_(self.weight[i].T, a=math.sqrt(5))
+            nn.init.uniform_(self.bias, -bound, bound)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # [B, in]: the same input for both
             x = x.expand(2, *x.shape)
@@ -90,11 +99,13 @@ class ActorCritic(nn.Module):
             policy and value MLPs (CleanRL's and SB3's default for MLP policies), which are
             held as :class:`TwinLinear` layers.
         init_log_std: initial log σ of the Gaussian head (ignored for discrete actions).
+        ortho_init: detail 2 (orthogonal weights with gains √2, 0.01 and 1, zero biases); False
+            keeps torch's default ``nn.Linear`` initialisation instead (SB3's ``ortho_init``).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, *, continuous: bool,
                  hidden_sizes: Sequence[int] = (64, 64), shared_trunk: bool = False,
-                 init_log_std: float = 0.0):
+                 init_log_std: float = 0.0, ortho_init: bool = True):
         super().__init__()
         if not hidden_sizes:
             raise ValueError("hidden_sizes: needs at least one hidden layer")
@@ -110,6 +121,10 @@ class ActorCritic(nn.Module):
         self.value_head = layer_init(nn.Linear(obs_dim, 1), gain=1.0)
         if continuous:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        if not ortho_init:  # the ablation of detail 2: torch's default initialisation
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, TwinLinear)):
+                    module.reset_parameters()
 
     @classmethod
     def for_spaces(cls, observation_space: gym.Space, action_space: gym.Space,

@@ -30,14 +30,14 @@ from ppo_lab import metrics
 from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, seed_everything,
                                 set_rng_state)
 from ppo_lab.config import ConfigBase, check_field, derive_batch_sizes
-from ppo_lab.core import explained_variance, gae_advantages, masked_whiten, ppo_loss
+from ppo_lab.core import explained_variance, gae_advantages, kl_estimate, masked_whiten, ppo_loss
 from ppo_lab.scale.flat import FlatParameters
 from ppo_lab.toy.networks import ActorCritic
 from ppo_lab.toy.rollout import (RolloutBatch, VectorizationMode, collect_rollout,
                                  load_vector_env_state, make_vector_env, reset_rollout_state,
                                  vector_env_state)
 
-__all__ = ["PRESETS", "PPOConfig", "TrainResult", "train"]
+__all__ = ["PRESETS", "PPOConfig", "TrainResult", "adapt_kl_coef", "train"]
 
 # clip(ρ, 1 − ε, 1 + ε) = ρ for every ratio a run can reach, so L^CLIP becomes L^CPI (Eq. (2.8)).
 NO_CLIP = 1e9
@@ -80,6 +80,8 @@ class PPOConfig(ConfigBase):
     """ε_v: value clipping around the old values (detail 9); None turns it off."""
     norm_adv: bool = True
     """Normalise advantages per minibatch over real transitions (detail 7)."""
+    norm_adv_per_minibatch: bool = True
+    """With norm_adv: whiten each minibatch (CleanRL) — or, False, the whole batch once (SB3)."""
     ent_coef: float = 0.0
     """c₂: entropy bonus coefficient (detail 10)."""
     vf_coef: float = 0.5
@@ -88,16 +90,30 @@ class PPOConfig(ConfigBase):
     """Clip the global gradient norm to this (detail 11); None turns it off."""
     target_kl: float | None = None
     """Stop the epochs early once a minibatch's approx KL(π_old‖π_θ) exceeds this; None = never."""
+    kl_penalty: bool = False
+    """Add β·KL(π_old‖π_θ) to the loss: L^KLPEN (Schulman et al. 2017, §4); with clip_eps None,
+    the paper's KL-penalty PPO."""
+    kl_coef: float = 1.0
+    """β: the KL coefficient of kl_penalty (its start value when kl_target is set; the paper's 1)."""
+    kl_target: float | None = 0.01
+    """d_targ: after each update, β × 2 if KL > 1.5·d_targ, β / 2 if KL < d_targ / 1.5 (§4 of
+    the PPO paper); None keeps β fixed. Not target_kl, which stops the epochs early."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Widths of the tanh hidden layers of each MLP."""
     shared_trunk: bool = False
     """One trunk for policy and value instead of two separate MLPs."""
     init_log_std: float = 0.0
     """Initial log σ of the Gaussian policy (continuous actions only)."""
+    ortho_init: bool = True
+    """Orthogonal initialisation with gains √2 / 0.01 / 1 (detail 2); False = torch's default."""
     normalize_obs: bool = False
     """Normalise observations by their running mean and std (continuous detail 6)."""
     normalize_reward: bool = False
     """Scale rewards by the running std of the discounted return (continuous detail 8)."""
+    clip_obs: float | None = None
+    """Clip (normalised) observations to [−c, c] (continuous detail 7; CleanRL: 10); None = off."""
+    clip_reward: float | None = None
+    """Clip (scaled) rewards to [−c, c] (continuous detail 9; CleanRL: 10); None = off."""
     vectorization_mode: VectorizationMode = "auto"
     """How sub-envs are stepped: auto (the env's numpy-vectorised version if any, else sync)."""
     device: str = "cpu"
@@ -119,10 +135,12 @@ class PPOConfig(ConfigBase):
         self._number("adam_eps", low=0.0, low_open=True)
         self._number("gamma", low=0.0, high=1.0)
         self._number("gae_lambda", low=0.0, high=1.0)
-        for name in ("clip_eps", "vf_clip_eps", "max_grad_norm", "target_kl"):
+        for name in ("clip_eps", "vf_clip_eps", "max_grad_norm", "target_kl", "kl_target",
+                     "clip_obs", "clip_reward"):
             self._number(name, low=0.0, low_open=True, optional=True)
         self._number("ent_coef", low=0.0)
         self._number("vf_coef", low=0.0)
+        self._number("kl_coef", low=0.0, low_open=True)
         self._number("init_log_std")
         check_field(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
                     "hidden_sizes", f"needs positive widths, got {self.hidden_sizes}")
@@ -164,7 +182,32 @@ PRESETS: dict[str, tuple[str, PPOConfig]] = {
         env_id="Pendulum-v1", total_timesteps=300_000, num_envs=4, num_steps=512,
         num_minibatches=32, ppo_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95,
         normalize_obs=True, normalize_reward=True)),
+    "cartpole-klpen": ("CartPole-v1, the tuned preset with PPO's KL penalty instead of clipping",
+                       PPOConfig(
+        # L^KLPEN (PPO paper §4) in place of L^CLIP: no ratio clipping, β·KL(π_old‖π_θ) in the
+        # loss, β adapted towards d_targ = 0.01 after each update (the paper's best target;
+        # initial β = 1). Everything else as in "cartpole".
+        env_id="CartPole-v1", total_timesteps=100_000, num_envs=16, num_steps=32,
+        num_minibatches=2, ppo_epochs=6, learning_rate=7e-3, gamma=0.98, gae_lambda=0.8,
+        clip_eps=None, kl_penalty=True, kl_coef=1.0, kl_target=0.01)),
 }
+
+
+def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
+    """The adaptive KL coefficient of the PPO paper (Schulman et al. 2017, §4): β ↔ ``kl_coef``,
+    d ↔ ``kl`` (the KL(π_old‖π_θ) an update reached), d_targ ↔ ``kl_target``.
+
+        d < d_targ / 1.5  →  β ← β / 2;    d > 1.5 · d_targ  →  β ← 2β;    otherwise β stays.
+
+    The paper's 1.5 and 2 are heuristics it found the algorithm insensitive to. (The language
+    model trainer of §7 uses Ziegler et al.'s proportional controller,
+    ``ppo_lab.core.AdaptiveKLController``, instead.)
+    """
+    if kl < kl_target / 1.5:
+        return kl_coef / 2.0
+    if kl > 1.5 * kl_target:
+        return kl_coef * 2.0
+    return kl_coef
 
 
 @dataclass
@@ -194,11 +237,13 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
     envs = make_vector_env(config.env_id, config.num_envs,
                            vectorization_mode=config.vectorization_mode,
                            normalize_obs=config.normalize_obs,
-                           normalize_reward=config.normalize_reward, gamma=config.gamma)
+                           normalize_reward=config.normalize_reward, gamma=config.gamma,
+                           clip_obs=config.clip_obs, clip_reward=config.clip_reward)
     agent = ActorCritic.for_spaces(envs.single_observation_space, envs.single_action_space,
                                    hidden_sizes=config.hidden_sizes,
                                    shared_trunk=config.shared_trunk,
-                                   init_log_std=config.init_log_std).to(device)
+                                   init_log_std=config.init_log_std,
+                                   ortho_init=config.ortho_init).to(device)
     # All parameters and gradients as views of one buffer each: Adam, clipping and zeroing are
     # then one kernel each, not a Python loop over tensors (ppo_lab.scale.flat).
     flat = FlatParameters(agent)
@@ -209,10 +254,11 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
     state = reset_rollout_state(envs, config.seed, device)
     result = TrainResult(agent, config)
     first_update = 0
+    kl_coef = config.kl_coef  # β of the KL penalty (kl_penalty), adapted after each update
     checkpoint_path = Path(config.run_dir or ".") / CHECKPOINT_NAME
     if config.resume and checkpoint_path.exists():
-        first_update, elapsed = _restore(checkpoint_path, config, agent, optimizer, scheduler,
-                                         envs, state, result)
+        first_update, elapsed, kl_coef = _restore(checkpoint_path, config, agent, optimizer,
+                                                  scheduler, envs, state, result)
         start_time -= elapsed
     bar = tqdm(total=sizes.num_updates * sizes.batch_size, initial=state.global_step,
                unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -237,9 +283,12 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
         # 3. K epochs of minibatch SGD on L^{CLIP+VF+S}, Eqs. (3.11)–(3.12).
         lr = optimizer.param_groups[0]["lr"]
         stats, epochs_done = _optimise(agent, flat, optimizer, batch, advantages, returns,
-                                       config, clip_eps)
+                                       config, clip_eps, kl_coef=kl_coef)
+        kl_stats = {"objective/kl_coef": kl_coef} if config.kl_penalty else {}
 
-        # 4. Anneal the learning rate, log, checkpoint.
+        # 4. Adapt β of the KL penalty (PPO paper §4), anneal the learning rate, log, checkpoint.
+        if config.kl_penalty and config.kl_target is not None:
+            kl_coef = adapt_kl_coef(kl_coef, _kl_after_update(agent, batch), config.kl_target)
         scheduler.step()
         now = time.perf_counter()
         for step, ret, length in zip(batch.episode_steps, batch.episode_returns,
@@ -257,6 +306,7 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
                     [float(explained_variance(batch.values, returns, mask=batch.mask))]),
                 "optim/learning_rate": lr,
                 **stats,
+                **kl_stats,
             }),
         })
         bar.update(state.global_step - bar.n)
@@ -265,7 +315,7 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
         if config.checkpoint_every and ((update + 1) % config.checkpoint_every == 0
                                         or update + 1 == sizes.num_updates):
             _save(checkpoint_path, update + 1, now - start_time, config, agent, optimizer,
-                  scheduler, envs, state, result)
+                  scheduler, envs, state, result, kl_coef)
     bar.close()
     envs.close()
     return result
@@ -273,9 +323,11 @@ def train(config: PPOConfig, *, progress: bool = False) -> TrainResult:
 
 def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.Optimizer,
               batch: RolloutBatch, advantages: torch.Tensor, returns: torch.Tensor,
-              config: PPOConfig, clip_eps: float) -> tuple[dict[str, float], int]:
+              config: PPOConfig, clip_eps: float,
+              kl_coef: float | None = None) -> tuple[dict[str, float], int]:
     """Stage 3: ``ppo_epochs`` passes of ``num_minibatches`` shuffled minibatches of the real
-    transitions (Eq. (5.1)); ``optimizer`` steps ``flat.param``.
+    transitions (Eq. (5.1)); ``optimizer`` steps ``flat.param``. With ``config.kl_penalty`` the
+    loss carries β·KL(π_old‖π_θ), β ↔ ``kl_coef`` (default ``config.kl_coef``).
 
     Returns the mean loss statistics and the number of epochs completed (fewer than
     ``ppo_epochs`` after an early stop on KL).
@@ -287,10 +339,12 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
     old_logprobs, old_values = batch.logprobs.flatten()[real], batch.values.flatten()[real]
     advantages, returns = advantages.flatten()[real], returns.flatten()[real]
     # detail 7: per-minibatch advantage normalisation (Andrychowicz et al. 2021). When one
-    # minibatch is the whole batch (the zoo's CartPole set), it is the same every epoch: do it once.
+    # minibatch is the whole batch (the zoo's CartPole set), it is the same every epoch: do it
+    # once — as for whole-batch normalisation (norm_adv_per_minibatch=False, SB3's RolloutBuffer).
     whiten = config.norm_adv
-    if whiten and config.num_minibatches == 1:
+    if whiten and (config.num_minibatches == 1 or not config.norm_adv_per_minibatch):
         advantages, whiten = masked_whiten(advantages, None), False
+    kl_coef = config.kl_coef if kl_coef is None else kl_coef
     totals: dict[str, float] = defaultdict(float)
     num_minibatches, epochs_done, stop = 0, 0, False
     columns = (obs, actions, old_logprobs, old_values, advantages, returns)
@@ -303,11 +357,14 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
                                                        entropy=config.ent_coef > 0)
             if whiten:
                 mb_advantages = masked_whiten(mb_advantages, None)
+            # L^KLPEN's KL(π_old‖π_θ): k3 of Eq. (2.11) on the samples a ~ π_old, the
+            # per-sample (ρ − 1) − log ρ; zero at the first step, where π_θ = π_old.
+            kl = kl_estimate(mb_old_logprobs, logprobs, kind="k3") if config.kl_penalty else None
             loss, stats = ppo_loss(
                 logprobs=logprobs, old_logprobs=mb_old_logprobs, advantages=mb_advantages,
                 values=values, old_values=mb_old_values, returns=mb_returns, entropy=entropy,
                 clip_eps=clip_eps, vf_clip_eps=config.vf_clip_eps, vf_coef=config.vf_coef,
-                ent_coef=config.ent_coef)
+                ent_coef=config.ent_coef, kl=kl, kl_coef=kl_coef)
             # Early stop (SB3's target_kl): the policy already moved too far from π_old, so
             # this step — and the rest of the update — is skipped.
             if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
@@ -328,6 +385,15 @@ def _optimise(agent: ActorCritic, flat: FlatParameters, optimizer: torch.optim.O
         with torch.no_grad():
             totals["entropy"] = float(agent.evaluate(obs, actions)[1].mean()) * num_minibatches
     return _mean_stats(totals, num_minibatches), epochs_done
+
+
+def _kl_after_update(agent: ActorCritic, batch: RolloutBatch) -> float:
+    """d of the PPO paper's β rule (§4): the k3 estimate of KL(π_old‖π_θ) over the rollout's
+    real transitions, with θ after the update."""
+    with torch.no_grad():
+        logprobs = agent.evaluate(batch.obs[batch.mask], batch.actions[batch.mask],
+                                  entropy=False)[0]  # [M]
+    return float(kl_estimate(batch.logprobs[batch.mask], logprobs, kind="k3").mean())
 
 
 def _minibatches(num: int, num_minibatches: int, device: torch.device) -> list:
@@ -361,9 +427,9 @@ def _mean_or_none(xs: list[float]) -> float | None:
     return mean if math.isfinite(mean) else None
 
 
-def _save(path, update, elapsed, config, agent, optimizer, scheduler, envs, state, result):
+def _save(path, update, elapsed, config, agent, optimizer, scheduler, envs, state, result, kl_coef):
     save_checkpoint(path, {
-        "update": update, "elapsed": elapsed, "config": config.to_dict(),
+        "update": update, "elapsed": elapsed, "config": config.to_dict(), "kl_coef": kl_coef,
         "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": get_rng_state(),
         "env": vector_env_state(envs),
@@ -372,7 +438,7 @@ def _save(path, update, elapsed, config, agent, optimizer, scheduler, envs, stat
     })
 
 
-def _restore(path, config, agent, optimizer, scheduler, envs, state, result) -> tuple[int, float]:
+def _restore(path, config, agent, optimizer, scheduler, envs, state, result) -> tuple[int, float, float]:
     ckpt = load_checkpoint(path)  # on the CPU: RNG and env states are CPU/numpy objects
     saved, current = ckpt["config"], config.to_dict()
     for f in fields(config):
@@ -388,4 +454,4 @@ def _restore(path, config, agent, optimizer, scheduler, envs, state, result) -> 
     state.obs, state.ghost = ckpt["rollout"]["obs"].to(device), ckpt["rollout"]["ghost"].to(device)
     state.global_step = ckpt["rollout"]["global_step"]
     result.history[:], result.episodes[:] = ckpt["history"], ckpt["episodes"]
-    return ckpt["update"], ckpt["elapsed"]
+    return ckpt["update"], ckpt["elapsed"], ckpt["kl_coef"]

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers.utils import RunningMeanStd
-from gymnasium.wrappers.vector import NormalizeObservation, NormalizeReward, RecordEpisodeStatistics
+from gymnasium.wrappers.vector import (ClipReward, NormalizeObservation, NormalizeReward,
+                                       RecordEpisodeStatistics, TransformObservation)
 
 from ppo_lab.toy.networks import ActorCritic
 
@@ -56,6 +57,8 @@ def make_vector_env(
     normalize_obs: bool = False,
     normalize_reward: bool = False,
     gamma: float = 0.99,
+    clip_obs: float | None = None,
+    clip_reward: float | None = None,
     **env_kwargs: Any,
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` with episode statistics and optional normalisation.
@@ -65,6 +68,8 @@ def make_vector_env(
     ``info["episode"]``), ``NormalizeObservation`` (running mean/var of observations),
     ``NormalizeReward`` (rewards divided by the running std of the discounted return —
     continuous detail 8 in Huang et al. 2022; it keeps the value targets of order 1).
+    ``clip_obs`` / ``clip_reward`` clip what the normalisers return to [−c, c] (continuous
+    details 7 and 9; CleanRL and SB3's ``VecNormalize`` use c = 10); None leaves it unclipped.
     """
     if vectorization_mode not in ("auto", "vector_entry_point", "sync", "async"):
         raise ValueError(f"vectorization_mode: unknown mode {vectorization_mode!r}")
@@ -87,8 +92,12 @@ def make_vector_env(
     envs = RecordEpisodeStatistics(envs)
     if normalize_obs:
         envs = NormalizeObservation(envs)
+    if clip_obs is not None:
+        envs = TransformObservation(envs, lambda obs: np.clip(obs, -clip_obs, clip_obs))
     if normalize_reward:
         envs = NormalizeReward(envs, gamma=gamma)
+    if clip_reward is not None:
+        envs = ClipReward(envs, -clip_reward, clip_reward)
     return envs
 
 
