@@ -87,6 +87,19 @@ _ALL = (
         outside="Falling while objective/scores rises is reward over-optimisation.",
         source="Gao et al. 2023, Scaling Laws for Reward Model Overoptimization",
     ),
+    Metric(
+        "policy/ratio_error", "初始比率误差", "Max |ratio − 1| over the response tokens of an "
+        "iteration's first minibatch, before any gradient step (§7).",
+        low=0.0, high=1e-4,
+        outside="Above rounding error the rollout and the trainer score tokens differently "
+        "(temperature, excluded tokens, padding, position_ids or dropout): PPO is then off-policy from step one.",
+    ),
+    Metric("response/length", "回复长度", "Mean number of real tokens per sampled response (EOS included)."),
+    Metric(
+        "response/eos_fraction", "EOS 比例", "Fraction of sampled responses that ended with EOS "
+        "rather than at the length limit.",
+        outside="A fall towards 0 means the policy learned to ramble to the limit (a reward-model loophole).",
+    ),
     Metric("env/episodic_return", "回合回报", "Undiscounted return of the episodes that finished in the rollout."),
     Metric("env/episode_length", "回合长度", "Length in steps of the episodes that finished in the rollout."),
     Metric("optim/grad_norm", "梯度范数", "Global L2 norm of the gradient before clipping."),
@@ -117,6 +130,13 @@ BOOKKEEPING: dict[str, str] = {
     "sps": "Env steps per second during this update (rollout and optimisation).",
     "clip_eps": "The policy clip range ε in use at this update (annealed or not; None = no clipping).",
     "epochs": "Epochs completed in this update (fewer than ppo_epochs after an early stop on KL).",
+    "iteration": "1-based index of the PPO-RLHF iteration (one batch of rollouts, then K epochs) the row reports.",
+    "episodes": "Responses sampled so far (batch_size per iteration).",
+    "tokens_per_second": "Real response tokens of the iteration per second of its generate, score and train stages.",
+    "time/generate": "Seconds of the iteration spent sampling responses (stage 1).",
+    "time/score": "Seconds spent scoring and on reference log-probs, values, rewards and GAE (stages 2–5).",
+    "time/train": "Seconds spent in the PPO epochs (stage 6).",
+    "time/iteration": "Seconds of stages 1–6 of the iteration.",
 }
 
 
