@@ -1,0 +1,641 @@
+"""PPO-RLHF, §7: the algorithm box as one readable loop, for any Hugging Face causal LM.
+
+    for iteration = 1, 2, …:
+      1. rollout: sample a response y ~ π_θold(·|x) for a batch of prompts x  (rollout.generate)
+      2. score: r(x, y) from the reward model at the last real token, or a Python reward_fn
+      3. reference and old log-probs log π_ref(y_t|·), log π_θold(y_t|·); values V(s_t)
+      4. per-token rewards r_t = −β·KL_t + [t = last]·r(x, y)               (rewards.per_token_rewards)
+      5. GAE per token on the response, [T, B]; the last real token ends the episode (core.gae_advantages)
+      6. K epochs of minibatches: the PPO loss of §3 (core.ppo_loss — the CartPole trainer's),
+         advantages whitened over response tokens, gradient clipping, early stop on approx KL
+      7. KL controller (adaptive or fixed), LR schedule with warm-up, log, checkpoint
+
+The same names as the CartPole trainer (``ppo_lab.toy.ppo``) wherever the two agree; every switch
+the chapter ablates is a field of :class:`RLHFConfig`. Tensors are ``[B, T]`` (B sequences, T
+response tokens) and are transposed to ``[T, B]`` for the time-major core functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ppo_lab import metrics
+from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, seed_everything,
+                                set_rng_state)
+from ppo_lab.config import ConfigBase, check_field
+from ppo_lab.core import (AdaptiveKLController, FixedKLController, explained_variance,
+                          gae_advantages, kl_estimate, masked_mean, masked_whiten, ppo_loss)
+
+from .logprobs import response_logprobs
+from .models import (PolicyWithValueHead, ValueHead, load_causal_lm, load_scalar_model,
+                     load_tokenizer, response_values, sampling_spec, scalar_model_from_causal_lm,
+                     sequence_scores, token_scalars)
+from .rewards import clip_scores, mixture_ref_logprobs, per_token_rewards, whiten_scores
+from .rollout import generate
+from .sequences import SequenceBatch, left_pad
+from .task import ReviewTask, read_jsonl
+
+__all__ = ["PRESETS", "RLHFConfig", "RLHFResult", "evaluate", "token_advantages", "train"]
+
+RewardFn = Callable[..., torch.Tensor]
+"""``reward_fn(prompts: list[str], responses: list[str], *, eos: list[bool]) -> Tensor[B]``."""
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class RLHFConfig(ConfigBase):
+    """PPO-RLHF on a causal LM. Every field is a flag of ``ppo-lab rlhf ppo``."""
+
+    model: str | None = None
+    """Policy to start from (the SFT model): a local directory or hub id. None = the committed
+    tiny SFT policy (ppo_lab/llm/assets/tiny/sft)."""
+    ref_model: str | None = None
+    """Reference policy π_ref for the KL penalty; None = the same weights as --model."""
+    reward_model: str | None = None
+    """Reward model (a *ForSequenceClassification with one label); None = the committed tiny
+    reward model. Ignored when train() is given a reward_fn."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub id; None = the policy's."""
+    prompts: str | None = None
+    """Training prompts as JSON lines {"prompt": ...}; None = prompts of the review task."""
+    num_prompts: int = 4096
+    """Review-task prompts to draw from (when prompts is None)."""
+    task_seed: int = 2
+    """Seed of the review task's training prompts (evaluation uses task_seed + 1)."""
+    gold: bool = False
+    """Log the review task's gold reward (Eq. (7.1)) of every rollout; needs review prompts."""
+    seed: int = 1
+    """Seeds sampling, prompt order and minibatch order."""
+    iterations: int = 100
+    """PPO iterations: one batch of rollouts, then ppo_epochs over it."""
+    batch_size: int = 32
+    """Prompts (hence responses) per rollout."""
+    num_minibatches: int = 1
+    """Minibatches per epoch; must divide batch_size."""
+    ppo_epochs: int = 4
+    """K: passes over each rollout."""
+    max_new_tokens: int = 32
+    """Response length limit T; a response cut here is truncated (no EOS)."""
+    stop_at_eos: bool = True
+    """Stop a response at EOS; False samples exactly max_new_tokens tokens (benchmarks)."""
+    temperature: float = 1.0
+    """τ: sampling temperature, applied identically when scoring (§6)."""
+    learning_rate: float = 1e-5
+    """Peak Adam step size for the policy and the value model."""
+    warmup_iterations: int = 0
+    """Linear learning-rate warm-up over this many iterations."""
+    anneal_lr: bool = False
+    """After warm-up, decay the learning rate linearly to 0 over the remaining iterations."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    clip_eps: float = 0.2
+    """ε: policy ratio clip range."""
+    vf_clip_eps: float | None = 0.2
+    """ε_v: value clipping around the rollout's values; None turns it off."""
+    vf_coef: float = 0.1
+    """c₁: value loss coefficient (½·mean((V − R)²) inside)."""
+    ent_coef: float = 0.0
+    """c₂: entropy bonus coefficient."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; None turns clipping off."""
+    target_kl: float | None = None
+    """Stop an iteration's epochs once a minibatch's approx KL(π_old‖π_θ) exceeds this."""
+    gamma: float = 1.0
+    """γ: discount over response tokens (1: the sequence reward is not discounted)."""
+    gae_lambda: float = 0.95
+    """λ of GAE over response tokens."""
+    whiten_advantages: Literal["rollout", "minibatch", "off"] = "rollout"
+    """Normalise advantages over the real response tokens: once per rollout, per minibatch, or off."""
+    whiten_scores: bool = False
+    """Normalise the batch's reward scores to mean 0, std 1 before the KL penalty."""
+    clip_scores: float | None = None
+    """Clamp reward scores to [−clip_scores, clip_scores]; None = no clamp."""
+    reference: Literal["sft", "old", "mixture"] = "sft"
+    """KL anchor: the SFT model (KL in the reward), the old policy (KL term in the loss: it is 0 at
+    rollout time), or the mixture α·π_SFT + (1 − α)·π_old (in the reward)."""
+    ref_mix_alpha: float = 0.5
+    """α of the mixture reference (1 = SFT, 0 = old policy)."""
+    kl_coef: float = 0.05
+    """β: initial (adaptive) or fixed KL coefficient."""
+    adaptive_kl: bool = False
+    """Adapt β towards kl_target (Ziegler et al. 2019) instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """Target of the adaptive controller: KL(π‖π_ref) summed over a response, nats."""
+    kl_horizon: int = 10_000
+    """Horizon of the adaptive controller, in sequences."""
+    kl_kind: Literal["k1", "k3"] = "k1"
+    """KL estimator in the reward (k1 = log π − log π_ref; k3 = e^{−d} − 1 + d ≥ 0)."""
+    value_design: Literal["separate", "head"] = "separate"
+    """Separate value model (a trunk of its own) or a value head on the policy's trunk."""
+    value_init: Literal["reward", "sft"] = "reward"
+    """Initialise the separate value model from the reward model or from the SFT policy."""
+    eval_every: int = 0
+    """Evaluate on held-out prompts every this many iterations (and at the start and end); 0 = never."""
+    eval_prompts: int = 256
+    """Held-out prompts per evaluation."""
+    device: str = "cpu"
+    """torch device for every model, e.g. cpu, cuda, cuda:1."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights dtype of the models loaded from paths (log-probs are float32 regardless)."""
+    torch_threads: int = 1
+    """torch intra-op threads; 0 leaves torch's default."""
+    run_dir: str | None = None
+    """Directory for checkpoints (and, from the CLI, metrics and plots)."""
+    checkpoint_every: int = 0
+    """Write run_dir/checkpoint every this many iterations and at the end; 0 = never."""
+    resume: bool = False
+    """Continue from run_dir/checkpoint if it exists (bit-exact on CPU)."""
+
+    def validate(self) -> None:
+        self._positive_int("iterations", "batch_size", "num_minibatches", "ppo_epochs",
+                           "max_new_tokens", "num_prompts", "eval_prompts", "kl_horizon")
+        self._non_negative_int("seed", "task_seed", "warmup_iterations", "eval_every",
+                               "torch_threads", "checkpoint_every")
+        for name in ("temperature", "learning_rate", "adam_eps", "clip_eps"):
+            self._number(name, low=0.0, low_open=True)
+        for name in ("vf_clip_eps", "max_grad_norm", "target_kl", "clip_scores"):
+            self._number(name, low=0.0, low_open=True, optional=True)
+        for name in ("vf_coef", "ent_coef", "kl_coef"):
+            self._number(name, low=0.0)
+        self._number("kl_target", low=0.0, low_open=True)
+        for name in ("gamma", "gae_lambda", "ref_mix_alpha"):
+            self._number(name, low=0.0, high=1.0)
+        check_field(self.batch_size % self.num_minibatches == 0, "num_minibatches",
+                    f"{self.num_minibatches} does not divide batch_size = {self.batch_size}")
+        check_field(self.batch_size // self.num_minibatches >= 2, "num_minibatches",
+                    "leaves fewer than 2 sequences per minibatch")
+        check_field(not (self.adaptive_kl and self.kl_coef == 0), "kl_coef",
+                    "must be > 0 for the adaptive controller (it scales β multiplicatively)")
+        for name, allowed in (("whiten_advantages", ("rollout", "minibatch", "off")),
+                              ("reference", ("sft", "old", "mixture")), ("kl_kind", ("k1", "k3")),
+                              ("value_design", ("separate", "head")),
+                              ("value_init", ("reward", "sft")),
+                              ("dtype", ("fp32", "bf16", "fp16"))):
+            check_field(getattr(self, name) in allowed, name,
+                        f"must be one of {allowed}, got {getattr(self, name)!r}")
+        check_field(self.run_dir is not None or not (self.checkpoint_every or self.resume),
+                    "run_dir", "is needed for checkpoint_every > 0 or resume")
+        check_field(not (self.gold and self.prompts), "gold",
+                    "the gold reward is defined for the review task's prompts only (prompts=None)")
+
+
+# Fields a resumed run may change without changing the result (on CPU).
+_RESUMABLE = {"run_dir", "checkpoint_every", "resume", "device", "torch_threads", "iterations"}
+
+PRESETS: dict[str, tuple[str, RLHFConfig]] = {
+    "tiny": ("the review task: committed tiny SFT policy and reward model, gold reward logged",
+             RLHFConfig(gold=True, iterations=60, batch_size=32, num_minibatches=2, ppo_epochs=4,
+                        max_new_tokens=32, temperature=1.0, learning_rate=1e-4,
+                        warmup_iterations=5, kl_coef=0.05, eval_every=20)),
+}
+
+
+@dataclass
+class RLHFResult:
+    """What :func:`train` returns (and the CLI writes to the run directory)."""
+
+    policy: Any
+    value_model: Any
+    config: RLHFConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One row per iteration (metric keys from ``ppo_lab.metrics`` + bookkeeping)."""
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    """Held-out evaluations (:func:`evaluate`), each with its iteration."""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
+          reward_fn: RewardFn | None = None, tokenizer=None, value_model=None,
+          progress: bool = False) -> RLHFResult:
+    """Train the policy with PPO-RLHF as configured; models given as objects override the paths.
+
+    Every model stays in eval mode (dropout off) during rollout and training: the ratio on the
+    first minibatch of an iteration is then exactly 1 (logged as ``policy/ratio_error``).
+    Deterministic on CPU; ``progress`` shows a tqdm bar.
+    """
+    start_time = time.perf_counter()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # sampling, prompt and minibatch order
+
+    # 0. Models, prompts, optimiser, schedules.
+    tokenizer, policy, ref_model, reward_model, value_model = _load_models(
+        config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
+    device = next(policy.parameters()).device
+    spec = sampling_spec(tokenizer, config.temperature)
+    prompts = _prompts(config)
+    gold = ReviewTask().gold_rewards if config.gold else None
+    params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=config.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: _lr_factor(k, config))
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+              if config.adaptive_kl else FixedKLController(config.kl_coef))
+    result = RLHFResult(policy, value_model, config)
+    first = 0
+    if config.resume and (Path(config.run_dir) / CHECKPOINT_DIR).exists():
+        first, elapsed = _restore(Path(config.run_dir) / CHECKPOINT_DIR, config, policy,
+                                  value_model, optimizer, scheduler, kl_ctl, generator, result)
+        start_time -= elapsed
+    eval_prompts = ReviewTask().prompts(config.eval_prompts, seed=config.task_seed + 1) \
+        if config.eval_every and not config.prompts else prompts[: config.eval_prompts]
+    bar = tqdm(total=config.iterations, initial=first, unit="it", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+
+    for iteration in range(first, config.iterations):
+        if config.eval_every and iteration % config.eval_every == 0:
+            result.evals.append({"iteration": iteration, **evaluate(
+                policy, tokenizer, eval_prompts, config, reward_model=reward_model,
+                reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
+        t0 = time.perf_counter()
+
+        # 1. Rollout: B prompts, one sampled response each (batched, KV cache, left padding).
+        idx = torch.randperm(len(prompts), generator=generator)[: config.batch_size]
+        texts = [prompts[i] for i in idx.tolist()]
+        prompt_ids, prompt_mask = left_pad(tokenizer(texts)["input_ids"], tokenizer.pad_token_id)
+        with torch.no_grad():
+            batch, logprobs = generate(  # logprobs: log π_θold of the sampled tokens, [B, T]
+                policy, prompt_ids.to(device), prompt_mask.to(device), spec,
+                max_new_tokens=config.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
+                pad_token_id=tokenizer.pad_token_id, generator=generator)
+        _check_rollout(batch)
+        t1 = time.perf_counter()
+
+        with torch.no_grad():
+            # 2. Score r(x, y): the reward model reads the last real token (§6), or reward_fn on
+            #    the decoded text with special tokens kept (an EOS stays visible, errata 16).
+            scores = _score(batch, texts, tokenizer, reward_model, reward_fn, config)  # [B]
+            gold_scores = gold(texts, _decode(tokenizer, batch), eos=batch.eos.tolist()) \
+                if gold else None
+
+            # 3. Reference log-probs, old log-probs (from the sampler: no second pass, the
+            #    ratio test holds them equal) and values V(s_t) on the response tokens.
+            old_logprobs = logprobs
+            ref_logprobs = _reference_logprobs(ref_model, batch, spec, old_logprobs, config)
+            old_values = _values(policy, value_model, batch, spec)  # [B, T]
+
+            # 4. Per-token rewards: −β·KL_t on every token, + r(x, y) on the last real one.
+            rewards, kl = per_token_rewards(
+                scores, old_logprobs, ref_logprobs, batch.response_mask, batch.response_lengths,
+                kl_coef=0.0 if config.reference == "old" else kl_ctl.value,
+                kl_kind=config.kl_kind)
+
+            # 5. GAE over response tokens (time-major inside); the last real token ends the
+            #    episode, so nothing crosses a response's end. Whitened once here by default.
+            advantages, returns = token_advantages(
+                rewards, old_values, batch.response_mask, gamma=config.gamma,
+                gae_lambda=config.gae_lambda, whiten=config.whiten_advantages == "rollout")
+        t2 = time.perf_counter()
+
+        # 6. K epochs of minibatch SGD on the PPO loss.
+        lr = optimizer.param_groups[0]["lr"]
+        stats, epochs_done = _optimise(policy, value_model, optimizer, batch, spec, old_logprobs,
+                                       old_values, advantages, returns, config, generator,
+                                       kl_ctl.value)
+        t3 = time.perf_counter()
+
+        # 7. KL controller, learning-rate schedule, log, checkpoint.
+        mask = batch.response_mask
+        sequence_kl = kl.sum(1)  # [B]: Σ_t KL_t per response
+        kl_coef = kl_ctl.value
+        kl_ctl.update(float(sequence_kl.mean()), len(batch))
+        scheduler.step()
+        result.history.append({
+            "iteration": iteration + 1, "episodes": (iteration + 1) * config.batch_size,
+            "time": time.perf_counter() - start_time, "epochs": epochs_done,
+            "tokens_per_second": float(mask.sum()) / (t3 - t0),
+            "time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
+            "time/iteration": t3 - t0,
+            **metrics.check_keys({
+                "objective/scores": float(scores.mean()),
+                "objective/gold_reward": None if gold_scores is None else float(gold_scores.mean()),
+                "objective/kl": float(sequence_kl.mean()),
+                "objective/kl_coef": kl_coef,
+                "objective/rlhf_reward": float((scores - kl_coef * sequence_kl).mean()),
+                "response/length": float(batch.response_lengths.float().mean()),
+                "response/eos_fraction": float(batch.eos.float().mean()),
+                "value/explained_variance": float(explained_variance(old_values, returns, mask=mask)),
+                "optim/learning_rate": lr,
+                **stats,
+            }),
+        })
+        bar.update(1)
+        bar.set_postfix(score=f"{float(scores.mean()):.2f}", kl=f"{float(sequence_kl.mean()):.2f}",
+                        refresh=False)
+        if config.checkpoint_every and ((iteration + 1) % config.checkpoint_every == 0
+                                        or iteration + 1 == config.iterations):
+            _save(Path(config.run_dir) / CHECKPOINT_DIR, iteration + 1,
+                  time.perf_counter() - start_time, config, policy, value_model, optimizer,
+                  scheduler, kl_ctl, generator, result)
+    bar.close()
+    if config.eval_every and (not result.evals or result.evals[-1]["iteration"] != config.iterations):
+        result.evals.append({"iteration": config.iterations, **evaluate(
+            policy, tokenizer, eval_prompts, config, reward_model=reward_model,
+            reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
+    return result
+
+
+def token_advantages(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
+                     *, gamma: float, gae_lambda: float, whiten: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 5: GAE, Eqs. (4.2) and (4.6) (§4), per response token; ``[B, T]`` in and out.
+
+    The core ``gae_advantages`` runs time-major on ``[T, B]``. Each response's last real token
+    (EOS, or the length limit) is ``terminated`` and an episode end: δ there is r − V with no
+    bootstrap, and the recursion stops, so no value or reward beyond a response's end — padding
+    — reaches its advantages. ``returns = advantages + values`` (the value targets). With
+    ``whiten``, advantages are normalised over the real response tokens only (core
+    ``masked_whiten``; 0 on padding). Symbols: r_t ↔ rewards, V(s_t) ↔ values, γ ↔ gamma,
+    λ ↔ gae_lambda.
+    """
+    mask = response_mask.bool()
+    last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)  # [B, T]
+    values = torch.where(mask, values, 0.0)
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)  # V(s_{t+1})
+    advantages, returns = gae_advantages(
+        rewards=torch.where(mask, rewards, 0.0).T, values=values.T, next_values=next_values.T,
+        terminated=last.T, episode_ends=last.T, gamma=gamma, gae_lambda=gae_lambda)
+    advantages, returns = advantages.T, returns.T  # [B, T]
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns
+
+
+def _optimise(policy, value_model, optimizer, batch: SequenceBatch, spec, old_logprobs,
+              old_values, advantages, returns, config: RLHFConfig, generator: torch.Generator,
+              kl_coef: float) -> tuple[dict[str, float], int]:
+    """Stage 6: ``ppo_epochs`` passes of shuffled minibatches of whole sequences; one forward
+    (policy, and the value model when separate) and one backward per minibatch.
+
+    Returns the mean loss statistics under their log keys, ``policy/ratio_error`` (max |ratio − 1|
+    over the first minibatch's response tokens, before any step: 0 up to rounding when sampling
+    and scoring agree) and the number of epochs completed (fewer after an early stop on KL).
+    """
+    size = len(batch) // config.num_minibatches
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    totals: dict[str, float] = defaultdict(float)
+    steps, epochs_done, ratio_error = 0, 0, None
+    for _epoch in range(config.ppo_epochs):
+        stop = False
+        for idx in torch.randperm(len(batch), generator=generator).split(size):
+            idx = idx.to(old_logprobs.device)
+            mb, mask = batch.select(idx), batch.response_mask[idx]
+            out = response_logprobs(policy, mb, spec, with_entropy=config.ent_coef > 0,
+                                    with_hidden=config.value_design == "head")
+            values = value_model(out.hidden) if config.value_design == "head" else \
+                response_values(token_scalars(value_model, mb), mb)  # [b, T]
+            mb_advantages = advantages[idx]
+            if config.whiten_advantages == "minibatch":
+                mb_advantages = masked_whiten(mb_advantages, mask)
+            kl = None
+            if config.reference == "old":  # KL(π_old‖π_θ) on π_old's samples, k3, in the loss
+                kl = kl_estimate(old_logprobs[idx], out.logprobs, kind="k3")
+            loss, stats = ppo_loss(
+                logprobs=out.logprobs, old_logprobs=old_logprobs[idx], advantages=mb_advantages,
+                values=values, old_values=old_values[idx], returns=returns[idx],
+                entropy=out.entropy, clip_eps=config.clip_eps, vf_clip_eps=config.vf_clip_eps,
+                vf_coef=config.vf_coef, ent_coef=config.ent_coef, kl=kl,
+                kl_coef=kl_coef if kl is not None else 0.0, mask=mask)
+            if ratio_error is None:
+                with torch.no_grad():
+                    ratio = torch.exp(out.logprobs - old_logprobs[idx])
+                    ratio_error = float(torch.where(mask, (ratio - 1).abs(), 0).max())
+            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
+                stop = True
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, config.max_grad_norm if config.max_grad_norm is not None else math.inf)
+            optimizer.step()
+            for key, value in stats.items():
+                totals[key] += value
+            totals["grad_norm"] += float(grad_norm)
+            steps += 1
+        if stop:
+            break
+        epochs_done += 1
+    means = {k: v / max(steps, 1) for k, v in totals.items()}
+    if "entropy" not in means:  # not in the loss: the sampled tokens' −log π, a Monte-Carlo estimate
+        means["entropy"] = -float(masked_mean(old_logprobs, batch.response_mask))
+    return {"optim/grad_norm": means.pop("grad_norm", 0.0), "policy/ratio_error": ratio_error,
+            **metrics.loss_metrics(means)}, epochs_done
+
+
+def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model):
+    """Stage 0: tokenizer, policy, reference, reward and value models from objects or paths,
+    all in eval mode (dropout off); the frozen ones without gradients."""
+    def tiny(name: str) -> str:  # the committed tiny models, only when no path is given
+        from .assets import tiny_path
+        return str(tiny_path(name))
+
+    model_path = config.model or (tiny("sft") if policy is None else None)
+    reward_path = config.reward_model or (tiny("reward") if reward_fn is None
+                                          and reward_model is None else None)
+    kw = dict(device=config.device, dtype=config.dtype)
+    check_field(model_path is not None or (tokenizer is not None and ref_model is not None),
+                "model", "is needed for the tokenizer and the reference when only a policy object is given")
+    if tokenizer is None:
+        tokenizer = _named("tokenizer" if config.tokenizer else "model", load_tokenizer,
+                           config.tokenizer or model_path)
+    if policy is None:
+        policy = _named("model", load_causal_lm, model_path, **kw)
+    if ref_model is None:
+        ref_model = _named("ref_model" if config.ref_model else "model", load_causal_lm,
+                           config.ref_model or model_path, **kw)
+    if reward_fn is None and reward_model is None:
+        reward_model = _named("reward_model", load_scalar_model, reward_path, **kw)
+    if config.value_design == "head":
+        value_model = value_model if value_model is not None else ValueHead(
+            policy.config.get_text_config().hidden_size).to(config.device)
+    elif value_model is None:
+        if config.value_init == "reward":
+            check_field(reward_model is not None or config.reward_model is not None, "value_init",
+                        "'reward' needs a reward model; use 'sft' with a reward_fn")
+            value_model = copy.deepcopy(reward_model) if reward_model is not None else \
+                _named("reward_model", load_scalar_model, reward_path, **kw)
+        else:
+            check_field(model_path is not None, "value_init",
+                        "'sft' loads the value trunk from --model; give model or value_model")
+            value_model = _named("model", scalar_model_from_causal_lm, model_path,
+                                 pad_token_id=tokenizer.pad_token_id, **kw)
+    for frozen in (ref_model, reward_model):
+        if frozen is not None:
+            frozen.eval().requires_grad_(False)
+    policy.eval()
+    value_model.eval()
+    return tokenizer, policy, ref_model, reward_model, value_model
+
+
+def _named(name: str, loader, path, **kwargs):
+    """``loader(path)``; a missing path or unknown id is a ValueError naming the config field."""
+    try:
+        return loader(path, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _prompts(config: RLHFConfig) -> list[str]:
+    if config.prompts is not None:
+        prompts = [r["prompt"] for r in read_jsonl(config.prompts, ["prompt"], name="prompts")]
+    else:
+        prompts = ReviewTask().prompts(config.num_prompts, seed=config.task_seed)
+    check_field(len(prompts) >= config.batch_size, "batch_size",
+                f"{config.batch_size} is more than the {len(prompts)} prompts")
+    return prompts
+
+
+def _check_rollout(batch: SequenceBatch) -> None:
+    """Nothing is skipped silently: an empty response or an all-padding row is an error."""
+    if bool((batch.response_lengths < 1).any()):
+        raise ValueError("max_new_tokens: a rollout produced an empty response "
+                         f"(rows {torch.nonzero(batch.response_lengths < 1).flatten().tolist()})")
+    if not bool(batch.attention_mask.bool().any(-1).all()):
+        raise ValueError("prompts: a rollout row is all padding")
+
+
+def _decode(tokenizer, batch: SequenceBatch) -> list[str]:
+    """Responses as text with special tokens kept (an EOS stays in the text the reward sees)."""
+    return [tokenizer.decode(ids[:n], skip_special_tokens=False)
+            for ids, n in zip(batch.response_ids.tolist(), batch.response_lengths.tolist())]
+
+
+def _score(batch, texts, tokenizer, reward_model, reward_fn, config) -> torch.Tensor:
+    if reward_fn is not None:
+        scores = torch.as_tensor(reward_fn(texts, _decode(tokenizer, batch), eos=batch.eos.tolist()),
+                                 dtype=torch.float32).to(batch.input_ids.device)
+    else:
+        scores = sequence_scores(reward_model, batch)
+    if scores.shape != (len(batch),):
+        raise ValueError(f"reward_fn: returned shape {tuple(scores.shape)}, expected ({len(batch)},)")
+    if not bool(torch.isfinite(scores).all()):
+        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+        raise ValueError(f"reward_fn/reward_model: non-finite rewards for rows {bad} "
+                         f"(e.g. {scores[bad[0]].item()})")
+    if config.clip_scores is not None:
+        scores = clip_scores(scores, config.clip_scores)
+    if config.whiten_scores:
+        scores = whiten_scores(scores)
+    return scores
+
+
+def _reference_logprobs(ref_model, batch, spec, old_logprobs, config) -> torch.Tensor:
+    """log π_ref of the sampled tokens for the reference choice of §6."""
+    if config.reference == "old":
+        return old_logprobs  # KL to the old policy is 0 here; it acts in the loss (stage 6)
+    sft = response_logprobs(ref_model, batch, spec).logprobs
+    if config.reference == "sft":
+        return sft
+    return mixture_ref_logprobs(sft, old_logprobs, config.ref_mix_alpha)
+
+
+def _values(policy, value_model, batch, spec) -> torch.Tensor:
+    """V(s_t) for every response token, ``[B, T]`` (0 outside the response mask)."""
+    if isinstance(value_model, ValueHead):
+        return value_model(response_logprobs(policy, batch, spec, with_hidden=True).hidden)
+    return response_values(token_scalars(value_model, batch), batch)
+
+
+def _lr_factor(k: int, config: RLHFConfig) -> float:
+    """Linear warm-up over ``warmup_iterations``, then constant or linear decay to 0."""
+    if k < config.warmup_iterations:
+        return (k + 1) / config.warmup_iterations
+    if not config.anneal_lr:
+        return 1.0
+    rest = config.iterations - config.warmup_iterations
+    return max(0.0, 1.0 - (k - config.warmup_iterations) / max(rest, 1))
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, reward_model=None,
+             reward_fn: RewardFn | None = None, ref_model=None, gold: RewardFn | None = None,
+             seed: int = 12345) -> dict[str, float]:
+    """One response per held-out prompt, sampled with a generator of its own (training's random
+    streams are untouched): mean proxy score, gold reward (mean and std, where known), KL to the
+    reference (k1, summed over each response), response length and EOS fraction."""
+    device = next(policy.parameters()).device
+    spec = sampling_spec(tokenizer, config.temperature)
+    ids, mask = left_pad(tokenizer(list(prompts))["input_ids"], tokenizer.pad_token_id)
+    batch, logprobs = generate(policy, ids.to(device), mask.to(device), spec,
+                               max_new_tokens=config.max_new_tokens,
+                               eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
+                               pad_token_id=tokenizer.pad_token_id,
+                               generator=torch.Generator().manual_seed(seed))
+    scores = _score(batch, list(prompts), tokenizer, reward_model, reward_fn,
+                    config.replace(whiten_scores=False, clip_scores=None))
+    out = {"scores": float(scores.mean()),
+           "length": float(batch.response_lengths.float().mean()),
+           "eos_fraction": float(batch.eos.float().mean())}
+    if ref_model is not None:
+        ref = response_logprobs(ref_model, batch, spec).logprobs
+        out["kl"] = float(torch.where(batch.response_mask, logprobs - ref, 0).sum(1).mean())
+    if gold is not None:
+        g = gold(list(prompts), _decode(tokenizer, batch), eos=batch.eos.tolist())
+        out["gold"], out["gold_std"] = float(g.mean()), float(g.std())
+    return out
+
+
+# --- checkpoints: models with save_pretrained, the rest in one atomic state file ---------------
+
+def _save(directory: Path, iteration, elapsed, config, policy, value_model, optimizer, scheduler,
+          kl_ctl, generator, result) -> None:
+    """Write ``directory`` atomically: a fresh sibling directory is filled, then renamed over it
+    (the old one is renamed aside first and removed last, so a kill leaves one of the two)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "policy")
+    if isinstance(value_model, ValueHead):
+        save_checkpoint(tmp / "value_head.pt", value_model.state_dict())
+    else:
+        value_model.save_pretrained(tmp / "value")
+    save_checkpoint(tmp / "state.pt", {
+        "iteration": iteration, "elapsed": elapsed, "config": config.to_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "kl_coef": kl_ctl.value, "rng": get_rng_state(), "generator": generator.get_state(),
+        "history": result.history, "evals": result.evals})
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ctl, generator,
+             result) -> tuple[int, float]:
+    old = directory.with_name(directory.name + ".old")
+    if not (directory / "state.pt").exists() and old.exists():  # killed between the two renames
+        directory = old
+    state = load_checkpoint(directory / "state.pt")
+    saved, current = state["config"], config.to_dict()
+    for f in fields(config):
+        if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
+            raise ValueError(f"{f.name}: checkpoint {directory} was written with "
+                             f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
+    policy.load_state_dict(type(policy).from_pretrained(directory / "policy").state_dict())
+    if isinstance(value_model, ValueHead):
+        value_model.load_state_dict(load_checkpoint(directory / "value_head.pt"))
+    else:
+        value_model.load_state_dict(type(value_model).from_pretrained(directory / "value").state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    kl_ctl.value = state["kl_coef"]
+    set_rng_state(state["rng"])
+    generator.set_state(state["generator"])
+    result.history[:], result.evals[:] = state["history"], state["evals"]
+    return state["iteration"], state["elapsed"]
