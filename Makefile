@@ -2,7 +2,7 @@
 #   make book   -> .venv, dependencies, execute every chapter, build _build/html (offline)
 #   make test   -> .venv, dependencies, the whole test suite (unit, integration, DDP, nbval,
 #                  the -W book build, the headless-browser check)
-# Other targets: make notebooks | html | vendor | sysdeps | clean | help
+# Other targets: make notebooks | edition | html | vendor | sysdeps | clean | help
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,7 +20,7 @@ export MKL_NUM_THREADS ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help book test notebooks html vendor sysdeps venv clean
+.PHONY: help book test notebooks edition html vendor sysdeps venv clean
 
 help:
 	@sed -n '1,8p' Makefile | sed 's/^# \{0,1\}//'
@@ -76,12 +76,17 @@ notebooks: $(STAMP)
 	  $(BIN)/python book/_ext/notebooks.py normalize "$$nb" || exit 1; \
 	done
 
+# The Colab / plain-Jupyter edition: notebooks/NN_name.ipynb from the same sources, through the
+# sphinx-tojupyter builder and book/_ext/edition.py's post-step (commit the result).
+edition: $(STAMP)
+	$(BIN)/python book/_ext/edition.py build notebooks
+
 # Render the committed, executed notebooks into HTML; any warning fails the build.
 html: $(STAMP) vendor
 	rm -rf _build/html _build/.doctrees
 	$(BIN)/jupyter-book build . --path-output . -W --keep-going --quiet
 
-book: $(STAMP) vendor notebooks html
+book: $(STAMP) vendor notebooks edition html
 	@echo "book: open _build/html/index.html"
 
 test: $(STAMP) vendor sysdeps
