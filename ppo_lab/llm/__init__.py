@@ -30,6 +30,7 @@ from .models import (
     tiny_config,
     token_scalars,
 )
+from .rollout import generate, hf_generate
 from .rewards import (
     bradley_terry_loss,
     clip_scores,
@@ -58,6 +59,8 @@ __all__ = [
     "bradley_terry_loss",
     "build_model",
     "clip_scores",
+    "generate",
+    "hf_generate",
     "last_token_index",
     "left_pad",
     "load_causal_lm",

@@ -40,7 +40,9 @@ class LogprobOutput:
 
 
 @functools.lru_cache(maxsize=None)
-def _takes_logits_to_keep(forward_type) -> bool:
+def takes_logits_to_keep(forward_type) -> bool:
+    """Whether a model class's forward takes ``logits_to_keep`` (compute the LM head on the last
+    positions only)."""
     return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
 
 
@@ -66,7 +68,7 @@ def response_logits(model, batch: SequenceBatch, *, output_hidden_states: bool =
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
     if output_hidden_states:
         kwargs["output_hidden_states"] = True
-    if _takes_logits_to_keep(type(model)):
+    if takes_logits_to_keep(type(model)):
         out = model(**kwargs, logits_to_keep=T + 1)
         logits = out.logits[:, -(T + 1):-1]  # (B, T, V): positions P − 1 … P + T − 2
     else:
@@ -123,7 +125,7 @@ def reference_loop_logprobs(model, batch: SequenceBatch, spec: SamplingSpec) -> 
         response = batch.response_ids[b]
         for t in range(int(batch.response_lengths[b])):
             ids = torch.cat([prompt, response[:t]])[None]  # (1, p + t)
-            last = model(input_ids=ids).logits[0, -1]  # (V,): has seen y_<t only
+            last = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]  # (V,): has seen y_<t only
             logp = torch.log_softmax(spec.apply(last).double(), dim=-1)
             out[b, t] = logp[response[t]]
     return out.float()
