@@ -1,28 +1,39 @@
-"""What a few microseconds per call are worth: four savings in ppo_lab's CartPole loop, measured.
+"""What a few microseconds per call are worth: per-call savings in a CartPole PPO loop, measured.
 
     python benchmarks/call_overhead.py    # writes ppo_lab/results/call_overhead.json
 
-Chapter 5 (§5.7) finds that a CartPole gradient step costs mostly a fixed amount per operator and
-per Python call, not arithmetic. Four changes to ppo_lab remove calls and leave every number the
-same, bit for bit:
+A CartPole gradient step costs mostly a fixed amount per operator and per Python call, not
+arithmetic (``benchmarks/cartpole_stages.py``). ppo_lab's training loop is written as a textbook
+writes it; this script measures what four tricks that remove calls would save on top of it, and
+what two design choices the loop does make save:
 
-- ``tanh``: the hidden activation −1 + 2σ(2x) as ``torch.add(-1.0, s, alpha=2)``, one operator
-  (and one autograd node) where ``s * 2 - 1`` takes two;
-- ``layer calls``: ``ActorCritic`` applies its layers through ``forward`` instead of calling the
+tricks (not in ppo_lab; defined below as teaching material for the engineering appendix)
+- ``sigmoid tanh``: the hidden activation as −1 + 2σ(2x) in two operators
+  (``torch.add(-1.0, s, alpha=2)``) instead of ``nn.Tanh`` (this CPU's tanh kernel is slower
+  than its sigmoid kernel); the same function up to float32 rounding;
+- ``forward calls``: the layers applied through ``layer.forward`` instead of calling the
   modules (``nn.Module.__call__`` dispatches hooks first);
-- ``sampling``: one categorical draw per row by the exponential race, the algorithm
-  ``torch.multinomial(probs, 1)`` runs, without its checks of the input;
-- ``adam``: ``FlatParameters.adam_step`` (one call of ``torch.optim.adam.adam``) instead of
-  ``Optimizer.step``.
+- ``exponential race``: one categorical draw per row as argmax_i p_i / E_i, E_i ~ Exp(1), the
+  algorithm ``torch.multinomial(probs, 1)`` runs, without ``Categorical``'s and multinomial's
+  checks of their input;
+- ``functional adam``: ``torch.optim.adam.adam`` called directly (:func:`functional_adam_step`)
+  instead of ``optimizer.step()``, without ``Optimizer.step``'s per-call machinery.
 
-This script rebuilds the earlier form of each and, in one process on one thread, times the two
-stages of a ``cartpole-zoo`` update: the rollout (``collect_rollout``, 8 envs × 32 steps) and the
-update (``_optimise``, 20 gradient steps on that batch). Variants: all four earlier forms
-(``before``), all four current ones (``after``), and ``after`` with one change undone, for each
-change. Every variant trains its own copy of the same agent on its own env; one round times one
-update of each variant in turn, so drifts in machine load hit all variants alike; medians over
-the rounds are compared. Before timing, the script checks that ``before`` and ``after`` produce
-identical actions and weights.
+design (in ppo_lab, undone here to measure it)
+- ``twin layers``: ``TwinLinear``, the policy and value MLPs' layers as one batched matmul, undone
+  as two ``nn.Sequential`` MLPs of ``nn.Linear`` layers;
+- ``flat buffers``: ``FlatParameters``, Adam, clipping and zeroing over one tensor, undone as
+  Adam over the 10 parameter tensors and ``torch.nn.utils.clip_grad_norm_``.
+
+In one process on one thread, it times the two stages of a ``cartpole-zoo`` update: the rollout
+(``collect_rollout``, 8 envs × 32 steps) and the update (``_optimise``, 20 gradient steps on that
+batch). Variants: ``textbook`` (ppo_lab as it is), ``all four tricks``, ``textbook + <trick>``
+for each trick and ``textbook without <design>`` for each design choice. Every variant trains its
+own copy of the same agent on its own env; one round times one update of each variant in turn,
+so drifts in machine load hit all variants alike; medians over the rounds are compared. Before
+timing, the script checks that three of the tricks leave every number the same: ``textbook``
+and ``textbook + forward calls, exponential race, functional adam`` give identical actions and
+weights; the sigmoid tanh is checked against ``torch.tanh`` to float32 rounding.
 """
 
 from __future__ import annotations
@@ -34,63 +45,132 @@ import time
 import types
 from pathlib import Path
 
+import torch
+from torch import nn
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
-CHANGES = ("tanh", "layer calls", "sampling", "adam")
+TRICKS = ("sigmoid tanh", "forward calls", "exponential race", "functional adam")
+DESIGN = ("twin layers", "flat buffers")
 ROUNDS = 60  # timed rounds (--rounds); 5 more are run first and not timed
 
 
-def _build(old: frozenset[str], seed: int = 0):
-    """A ``cartpole-zoo`` agent, its flat buffers, Adam and env, with the changes in ``old``
-    reverted to their earlier form."""
-    import torch
-    from torch import nn
+class SigmoidTanh(nn.Module):
+    """tanh(x) = 2σ(2x) − 1; −1 + 2s as one operator (doubling is exact, so it rounds as s·2 − 1)."""
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.add(-1.0, torch.sigmoid(2 * x), alpha=2)
+
+
+def forward_calls(self, obs: torch.Tensor):
+    """``ActorCritic._policy_and_value`` with every layer applied through ``forward``."""
+    hidden = obs
+    for layer in self.trunk:
+        hidden = layer.forward(hidden)
+    policy_hidden, value_hidden = (hidden, hidden) if self.shared_trunk else hidden
+    return self.policy_head.forward(policy_hidden), self.value_head.forward(value_hidden).squeeze(-1)
+
+
+def exponential_race_act(self, obs: torch.Tensor):
+    """``ActorCritic.act`` (discrete) drawing a = argmax_i p_i / E_i with E_i ~ Exp(1)."""
     from ppo_lab.core import logprobs_from_logits
+
+    out, values = self._policy_and_value(obs)
+    probs = torch.softmax(out, dim=-1)  # [B, num_actions]
+    actions = torch.argmax(probs / torch.empty_like(probs).exponential_(), dim=-1)  # [B]
+    return actions, logprobs_from_logits(out, actions), values
+
+
+def functional_adam_step(optimizer: torch.optim.Adam) -> None:
+    """``optimizer.step()`` for an Adam over one tensor, bit for bit, minus ``Optimizer.step``'s
+    hooks, profiler record, grad-mode switch and walk over param groups: the same call of
+    ``torch.optim.adam.adam`` with the same state. The first call creates the state."""
+    from torch.optim.adam import adam
+
+    group = optimizer.param_groups[0]
+    (param,) = group["params"]
+    state = optimizer.state.get(param)
+    if not state:
+        return torch.optim.Adam.step(optimizer)
+    beta1, beta2 = group["betas"]
+    with torch.no_grad():
+        adam([param], [param.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+             foreach=group["foreach"], capturable=group["capturable"], differentiable=False,
+             fused=group["fused"], grad_scale=None, found_inf=None, has_complex=False,
+             decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=False,
+             beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+             eps=group["eps"], maximize=group["maximize"])
+
+
+class TwoMLPs(nn.Module):
+    """The policy and value trunks as two ``nn.Sequential`` MLPs (what ``TwinLinear`` fuses)."""
+
+    def __init__(self, obs_dim: int, hidden: int = 64):
+        super().__init__()
+        from ppo_lab.toy.networks import layer_init
+
+        def mlp():
+            return nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
+                                 layer_init(nn.Linear(hidden, hidden)), nn.Tanh())
+
+        self.policy, self.value = mlp(), mlp()
+
+    def forward(self, obs: torch.Tensor):
+        return self.policy(obs), self.value(obs)
+
+
+class PerTensor:
+    """What ``_optimise`` asks of ``FlatParameters``, over the module's own parameter tensors."""
+
+    def __init__(self, module: nn.Module):
+        self.params = list(module.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def clip_grad_norm_(self, max_norm):
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm else float("inf"))
+
+
+def _build(changes: frozenset[str], seed: int = 0):
+    """A ``cartpole-zoo`` agent, its parameter buffers, Adam and env, with ``changes`` applied:
+    tricks added, design choices undone."""
     from ppo_lab.scale.flat import FlatParameters
-    from ppo_lab.toy.networks import ActorCritic, Tanh
+    from ppo_lab.toy.networks import ActorCritic
     from ppo_lab.toy.ppo import PRESETS
     from ppo_lab.toy.rollout import make_vector_env, reset_rollout_state
-
-    class TwoOpTanh(nn.Module):
-        def forward(self, x):
-            return torch.sigmoid(2 * x) * 2 - 1
-
-    def called_layers(self, obs):
-        hidden = self.trunk(obs)  # nn.Sequential → nn.Module.__call__ for every layer
-        policy_hidden, value_hidden = hidden
-        return self.policy_head(policy_hidden), self.value_head(value_hidden).squeeze(-1)
-
-    def multinomial_act(self, obs):
-        out, values = self._policy_and_value(obs)
-        actions = torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
-        return actions, logprobs_from_logits(out, actions), values
-
-    class OptimizerStep(FlatParameters):
-        def adam_step(self, optimizer):
-            optimizer.step()
 
     config = PRESETS["cartpole-zoo"][1]
     torch.manual_seed(seed)
     envs = make_vector_env(config.env_id, config.num_envs)
     agent = ActorCritic.for_spaces(envs.single_observation_space, envs.single_action_space)
-    if "tanh" in old:
-        for i, layer in enumerate(agent.trunk):
-            if isinstance(layer, Tanh):
-                agent.trunk[i] = TwoOpTanh()
-    if "layer calls" in old:
-        agent._policy_and_value = types.MethodType(called_layers, agent)
-    if "sampling" in old:
-        agent.act = types.MethodType(multinomial_act, agent)
-    flat = (OptimizerStep if "adam" in old else FlatParameters)(agent)
-    optimizer = torch.optim.Adam([flat.param], lr=config.learning_rate, eps=config.adam_eps,
-                                 fused=True)
+    if "twin layers" in changes:
+        agent.trunk = TwoMLPs(envs.single_observation_space.shape[0])
+    if "sigmoid tanh" in changes:
+        for name, module in list(agent.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Tanh):
+                    setattr(module, child_name, SigmoidTanh())
+    if "forward calls" in changes:
+        agent._policy_and_value = types.MethodType(forward_calls, agent)
+    if "exponential race" in changes:
+        agent.act = types.MethodType(exponential_race_act, agent)
+    if "flat buffers" in changes:
+        buffers = PerTensor(agent)
+        params = buffers.params
+    else:
+        buffers = FlatParameters(agent)
+        params = [buffers.param]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=config.adam_eps, fused=True)
+    if "functional adam" in changes:
+        optimizer.step = types.MethodType(functional_adam_step, optimizer)
     state = reset_rollout_state(envs, seed, "cpu")
-    return config, envs, agent, flat, optimizer, state
+    return config, envs, agent, buffers, optimizer, state
 
 
-def _update(config, envs, agent, flat, optimizer, state):
+def _update(config, envs, agent, buffers, optimizer, state):
     """One rollout and one update: (rollout seconds, update seconds, gradient steps, actions)."""
     from ppo_lab.core import gae_advantages
     from ppo_lab.toy.ppo import _optimise
@@ -104,61 +184,73 @@ def _update(config, envs, agent, flat, optimizer, state):
         terminated=batch.terminated, episode_ends=batch.episode_ends, gamma=config.gamma,
         gae_lambda=config.gae_lambda)
     start = time.perf_counter()
-    _, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config,
-                          config.num_envs * config.num_steps, clip_eps=config.clip_eps)
+    _, epochs = _optimise(agent, buffers, optimizer, batch, advantages, returns, config,
+                          clip_eps=config.clip_eps)
     return rollout, time.perf_counter() - start, epochs, batch.actions
 
 
 def check_identical(updates: int = 5) -> dict:
-    """``before`` and ``after`` from the same seed: the same actions and the same weights."""
-    import torch
-
+    """``textbook`` and ``textbook`` + the three exact tricks, from the same seed: the same actions
+    and the same weights; the sigmoid tanh against ``torch.tanh``."""
     runs = {}
-    for name, old in (("before", frozenset(CHANGES)), ("after", frozenset())):
-        config, envs, agent, flat, optimizer, state = _build(old)
+    exact = frozenset(TRICKS) - {"sigmoid tanh"}
+    for name, changes in (("textbook", frozenset()), ("exact tricks", exact)):
+        config, envs, agent, buffers, optimizer, state = _build(changes)
         torch.manual_seed(1)
-        actions = [_update(config, envs, agent, flat, optimizer, state)[3] for _ in range(updates)]
-        runs[name] = (torch.stack(actions), flat.param.detach().clone())
+        actions = [_update(config, envs, agent, buffers, optimizer, state)[3] for _ in range(updates)]
+        runs[name] = (torch.stack(actions), buffers.param.detach().clone())
         envs.close()
-    same_actions = torch.equal(runs["before"][0], runs["after"][0])
-    same_weights = torch.equal(runs["before"][1], runs["after"][1])
+    same_actions = torch.equal(runs["textbook"][0], runs["exact tricks"][0])
+    same_weights = torch.equal(runs["textbook"][1], runs["exact tricks"][1])
     if not (same_actions and same_weights):
-        raise AssertionError(f"before and after differ: actions equal {same_actions}, "
+        raise AssertionError(f"the exact tricks change the run: actions equal {same_actions}, "
                              f"weights equal {same_weights}")
-    return {"updates": updates, "identical_actions": same_actions,
-            "identical_weights": same_weights}
+    x = torch.linspace(-20, 20, 400_001)
+    tanh_error = (SigmoidTanh()(x) - torch.tanh(x)).abs().max().item()
+    if not tanh_error < 1e-6:
+        raise AssertionError(f"sigmoid tanh differs from torch.tanh by {tanh_error}")
+    return {"updates": updates, "tricks": sorted(exact), "identical_actions": same_actions,
+            "identical_weights": same_weights, "sigmoid_tanh_max_abs_error": tanh_error}
+
+
+def variants() -> dict[str, frozenset[str]]:
+    """Variant name -> the changes it applies to ppo_lab's loop."""
+    out = {"textbook": frozenset(), "all four tricks": frozenset(TRICKS)}
+    out.update({f"textbook + {trick}": frozenset({trick}) for trick in TRICKS})
+    out.update({f"textbook without {design}": frozenset({design}) for design in DESIGN})
+    return out
 
 
 def summarise(rows: list[dict], vector_steps: int, gradient_steps: int) -> dict:
     """Per variant, the time of one update (``vector_steps`` rollout steps and ``gradient_steps``
-    gradient steps); per change, what undoing it costs; and ``before`` against ``after``."""
+    gradient steps); per change, how much it changes that time against ``textbook`` (positive:
+    the variant is slower), also as a share of the textbook update."""
     per = {r["variant"]: (r["us_per_vector_step"], r["us_per_gradient_step"],
                           (vector_steps * r["us_per_vector_step"]
                            + gradient_steps * r["us_per_gradient_step"]) / 1e3) for r in rows}
-    after, before = per["after"], per["before"]
-    savings = {}
-    for change in CHANGES:
-        undone = per[f"after, {change} as before"]
-        savings[change] = {
-            "us_per_vector_step": round(undone[0] - after[0], 1),
-            "us_per_gradient_step": round(undone[1] - after[1], 1),
-            "ms_per_update": round(undone[2] - after[2], 3),
-            "share_of_before_update": round((undone[2] - after[2]) / before[2], 4),
-        }
+    base = per["textbook"]
+
+    def change(name):
+        v = per[name]
+        return {"us_per_vector_step": round(v[0] - base[0], 1),
+                "us_per_gradient_step": round(v[1] - base[1], 1),
+                "ms_per_update": round(v[2] - base[2], 3),
+                "share_of_textbook_update": round((v[2] - base[2]) / base[2], 4)}
+
+    tricks = {trick: change(f"textbook + {trick}") for trick in TRICKS}
+    design = {d: change(f"textbook without {d}") for d in DESIGN}
     return {
         "ms_per_update": {name: round(p[2], 3) for name, p in per.items()},
-        "savings": savings,
-        "before/after per update": round(before[2] / after[2], 3),
-        "before/after per vector step": round(before[0] / after[0], 3),
-        "before/after per gradient step": round(before[1] / after[1], 3),
-        "sum of the four savings / (before - after)": round(
-            sum(s["ms_per_update"] for s in savings.values()) / (before[2] - after[2]), 3),
+        "tricks (negative: saved)": tricks,
+        "design undone (positive: what it saves)": design,
+        "all four tricks / textbook per update": round(per["all four tricks"][2] / base[2], 3),
+        "sum of the four tricks / (all four tricks - textbook)": round(
+            sum(t["ms_per_update"] for t in tricks.values())
+            / (per["all four tricks"][2] - base[2]), 3),
     }
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds")
     parser.add_argument("--out", type=Path, default=None,
@@ -167,13 +259,13 @@ def main() -> None:
     torch.set_num_threads(1)
     wall_start = time.perf_counter()
     identical = check_identical()
-    print(f"before and after: identical actions and weights over {identical['updates']} updates")
+    print(f"textbook and textbook + {identical['tricks']}: identical actions and weights over "
+          f"{identical['updates']} updates; sigmoid tanh within "
+          f"{identical['sigmoid_tanh_max_abs_error']:.1e} of torch.tanh")
 
-    variants = {"before": frozenset(CHANGES), "after": frozenset()}
-    variants.update({f"after, {change} as before": frozenset({change}) for change in CHANGES})
-    setups = {name: _build(old) for name, old in variants.items()}
+    setups = {name: _build(changes) for name, changes in variants().items()}
     times: dict[str, dict[str, list[float]]] = {
-        name: {"rollout": [], "update": []} for name in variants}
+        name: {"rollout": [], "update": []} for name in setups}
     for round_ in range(args.rounds + 5):
         for name, setup in setups.items():
             rollout, update, steps, _ = _update(*setup)
@@ -183,7 +275,7 @@ def main() -> None:
     for setup in setups.values():
         setup[1].close()
 
-    zoo = setups["after"][0]
+    zoo = setups["textbook"][0]
     rows = []
     for name, t in times.items():
         vector_us = 1e6 * statistics.median(t["rollout"])
@@ -192,12 +284,13 @@ def main() -> None:
                      "us_per_gradient_step": round(gradient_us, 1), "rounds": len(t["rollout"])})
         print(f"{name:34s} {vector_us:7.1f} us/vector step {gradient_us:7.1f} us/gradient step")
     summary = {**summarise(rows, zoo.num_steps, zoo.ppo_epochs), "identical": identical}
-    for change, saved in summary["savings"].items():
-        print(f"saved by {change:12s}: {saved}")
-    print(f"before/after per update: {summary['before/after per update']}")
+    for key in ("tricks (negative: saved)", "design undone (positive: what it saves)"):
+        for name, delta in summary[key].items():
+            print(f"{name:18s}: {delta}")
+    print(f"all four tricks / textbook per update: {summary['all four tricks / textbook per update']}")
     path = write("call_overhead",
                  {"preset": "cartpole-zoo", "rounds": args.rounds, "warm-up rounds": 5,
-                  "torch_threads": 1, "changes": list(CHANGES),
+                  "torch_threads": 1, "tricks": list(TRICKS), "design": list(DESIGN),
                   "vector_steps_per_update": zoo.num_steps, "gradient_steps_per_update": zoo.ppo_epochs,
                   "benchmark_wall_seconds": round(time.perf_counter() - wall_start, 1)},
                  rows, out=args.out, summary=summary)

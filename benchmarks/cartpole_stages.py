@@ -111,7 +111,7 @@ def worker_step_cost() -> list[dict]:
             terminated=rollout.terminated, episode_ends=rollout.episode_ends, gamma=0.98,
             gae_lambda=0.8)
         runs[("ppo_lab", batch)] = lambda r=rollout, a=agent, f=flat, o=optimizer, adv=advantages, \
-            ret=returns, b=batch: _optimise(a, f, o, r, adv, ret, config, b, 0.2)
+            ret=returns: _optimise(a, f, o, r, adv, ret, config, clip_eps=0.2)
         # SB3: its own rollout buffer of the same size, then PPO.train (20 epochs of one batch)
         model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), seed=0,
                     device="cpu", **{**SB3_CARTPOLE_ZOO, "n_steps": batch // 8, "batch_size": batch,

@@ -76,7 +76,7 @@ def write(name: str, config: dict, results: list[dict], out: Path | None = None,
           summary: dict | None = None) -> Path:
     """Write the stamped result file (default ``ppo_lab/results/<name>.json``); return its path.
 
-    ``summary`` (medians, ratios, targets met) is stored beside the per-run ``results`` rows.
+    ``summary`` (medians, ratios) is stored beside the per-run ``results`` rows.
     """
     out = out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

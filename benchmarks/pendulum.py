@@ -2,9 +2,9 @@
 
     python benchmarks/pendulum.py               # writes ppo_lab/results/pendulum.json
 
-Target: the mean return of the last 20 episodes reaches −400 within 3×10⁵ env steps, every
-seed. Each run is a fresh process; curves (running mean of 20 episode returns, ~100 points per
-run) are stored for the book's plot.
+Per seed: the env step at which the mean return of the last 20 episodes first reaches −400
+(within 3×10⁵ env steps), the final and best such mean. Each run is a fresh process; curves
+(running mean of 20 episode returns, ~100 points per run) are stored for the book's plot.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ def main() -> None:
         "seeds_reaching_threshold": sum(r["steps_to_threshold"] is not None for r in rows),
         "seeds": len(rows),
     }
-    summary["target met"] = summary["seeds_reaching_threshold"] == len(rows)
     print(summary)
     path = write("pendulum", {"threshold": THRESHOLD, "window": 20, "cap": CAP,
                               "seeds": args.seeds, "torch_threads": 1,

@@ -92,8 +92,8 @@ def compare(seed: int) -> dict:
     flat = FlatParameters(agent)
     optimizer = torch.optim.Adam([flat.param], lr=1e-3 * progress, eps=config.adam_eps)
     model.train()
-    stats, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config, 256,
-                              0.2 * progress)
+    stats, epochs = _optimise(agent, flat, optimizer, batch, advantages, returns, config,
+                              clip_eps=0.2 * progress)  # one minibatch of all 256, as SB3's
     with torch.no_grad():
         diff = max((a - b).abs().max().item() for a, b in pairs())
         moved = max((a - w).abs().max().item() for (a, _), w in zip(pairs(), before))

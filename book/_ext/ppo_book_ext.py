@@ -131,7 +131,35 @@ def _exclude_paired_sources(app, config) -> None:
             config.exclude_patterns.append(str(md.relative_to(srcdir)))
 
 
+# sphinx-book-theme's header buttons whose labels its zh_CN catalogue leaves in English.
+_BUTTON_LABELS_ZH = {
+    "Repository": "代码仓库",
+    "Source repositories": "代码仓库",
+    "Open issue": "提交问题",
+    "Launch interactive content": "在线运行",
+    "Search": "搜索",
+}
+
+
+def _translate_header_buttons(app, pagename, templatename, context, doctree):
+    """Header-button labels in Chinese: the theme adds the buttons (priority 501) with labels its
+    zh_CN message catalogue lacks ("Repository", "Open issue", ...); translate them after it."""
+    def walk(buttons):
+        for button in buttons:
+            for key in ("text", "tooltip"):
+                value = button.get(key)
+                if isinstance(value, str):
+                    if value in _BUTTON_LABELS_ZH:
+                        button[key] = _BUTTON_LABELS_ZH[value]
+                    elif value.startswith("Launch on "):
+                        button[key] = f"在 {value[len('Launch on '):]} 中运行"
+            walk(button.get("buttons", []))
+
+    walk(context.get("header_buttons", []))
+
+
 def setup(app):
+    app.connect("html-page-context", _translate_header_buttons, priority=800)
     app.connect("config-inited", _exclude_paired_sources)
     app.connect("doctree-read", _join_cjk_lines_in_doctree)
     app.connect("build-finished", _copy_widget_fonts)

@@ -1,5 +1,5 @@
-"""The committed CartPole benchmark results are self-consistent: every summary number, ratio and
-target flag is what the file's own rows give, and every run is stamped with its command.
+"""The committed CartPole benchmark results are self-consistent: every summary number and ratio
+is what the file's own rows give, and every run is stamped with its command.
 
 The runs themselves need Stable-Baselines3 (the ``[bench]`` extra) and minutes of quiet CPU, so
 they are not repeated here; these checks catch a summary edited by hand or left stale.
@@ -51,11 +51,7 @@ def test_cartpole_summary_is_what_the_rows_give(name):
         ours["median_steps_to_475"] / sb3["median_steps_to_475"], 3)
     assert ratios["seconds_to_475 ppo_lab-tuned/sb3"] == round(
         tuned["median_seconds_to_475"] / sb3["median_seconds_to_475"], 3)
-    targets = summary["targets"]
-    assert targets["ppo_lab steps/s >= 2x sb3"] == (ratios["steps_per_second ppo_lab/sb3"] >= 2.0)
-    assert targets["ppo_lab median steps to 475 within 25% of sb3"] == (
-        abs(ratios["steps_to_475 ppo_lab/sb3"] - 1) <= 0.25)
-    assert targets["every ppo_lab seed solves"] == (ours["seeds_solved"] == ours["seeds"])
+    assert set(summary) == {"per_runner", "ratios"}  # measurements only
 
 
 def test_cartpole_stages_summary_is_what_the_rows_give():
@@ -122,6 +118,7 @@ def _check_devices_record(record: dict, devices: list[str]) -> None:
 def test_devices_summary_is_what_the_rows_give():
     record = _load("devices")
     assert record["machine"]["cuda available"] == "True"  # the committed file compares CPU and GPU
+    assert len(record["commit"]) == 40  # the code it measured: an earlier commit, kept until re-run
     _check_devices_record(record, ["cpu", "cuda"])
     assert set(record["summary"]["16"]["gpu_speedup"]) == {"steps_per_second", "rollout", "update"}
 
@@ -141,21 +138,23 @@ def test_devices_script_runs_on_this_machine(tmp_path):
 
 
 def _check_call_overhead_record(record: dict) -> None:
-    """call_overhead.json: one row per variant; the summary is what ``summarise`` gives; before
-    and after were checked to give identical actions and weights."""
-    from call_overhead import CHANGES, summarise
+    """call_overhead.json: one row per variant; the summary is what ``summarise`` gives; the
+    exact tricks were checked to leave actions and weights identical."""
+    from call_overhead import DESIGN, TRICKS, summarise, variants
 
     assert record["command"].startswith("python benchmarks/call_overhead.py")
     config, rows = record["config"], record["results"]
-    assert config["changes"] == list(CHANGES) and config["torch_threads"] == 1
-    assert [r["variant"] for r in rows] == ["before", "after"] + [
-        f"after, {change} as before" for change in CHANGES]
+    assert config["tricks"] == list(TRICKS) and config["design"] == list(DESIGN)
+    assert config["torch_threads"] == 1
+    assert [r["variant"] for r in rows] == list(variants())
     assert all(r["rounds"] == config["rounds"] and r["us_per_vector_step"] > 0
                and r["us_per_gradient_step"] > 0 for r in rows)
     summary = summarise(rows, config["vector_steps_per_update"], config["gradient_steps_per_update"])
     assert {k: v for k, v in record["summary"].items() if k != "identical"} == json.loads(json.dumps(summary))
-    assert record["summary"]["identical"] == {"updates": 5, "identical_actions": True,
-                                              "identical_weights": True}
+    identical = record["summary"]["identical"]
+    assert identical["identical_actions"] is True and identical["identical_weights"] is True
+    assert identical["tricks"] == sorted(set(TRICKS) - {"sigmoid tanh"})
+    assert 0 < identical["sigmoid_tanh_max_abs_error"] < 1e-6
 
 
 def test_call_overhead_summary_is_what_the_rows_give():
