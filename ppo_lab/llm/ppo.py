@@ -233,12 +233,12 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # sampling, prompt and minibatch order
 
-    # 0. Models, prompts, optimiser, schedules.
+    # 0. Prompts, models, optimiser, schedules.
+    prompts = _prompts(config)
     tokenizer, policy, ref_model, reward_model, value_model = _load_models(
         config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
     device = next(policy.parameters()).device
     spec = sampling_spec(tokenizer, config.temperature)
-    prompts = _prompts(config)
     gold = ReviewTask().gold_rewards if config.gold else None
     params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=config.adam_eps)
@@ -266,7 +266,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         # 1. Rollout: B prompts, one sampled response each (batched, KV cache, left padding).
         idx = torch.randperm(len(prompts), generator=generator)[: config.batch_size]
         texts = [prompts[i] for i in idx.tolist()]
-        prompt_ids, prompt_mask = left_pad(tokenizer(texts)["input_ids"], tokenizer.pad_token_id)
+        prompt_ids, prompt_mask = _encode_prompts(tokenizer, texts)
         with torch.no_grad():
             batch, logprobs = generate(  # logprobs: log π_θold of the sampled tokens, [B, T]
                 policy, prompt_ids.to(device), prompt_mask.to(device), spec,
@@ -445,8 +445,6 @@ def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, 
         return str(tiny_path(name))
 
     model_path = config.model or (tiny("sft") if policy is None else None)
-    reward_path = config.reward_model or (tiny("reward") if reward_fn is None
-                                          and reward_model is None else None)
     kw = dict(device=config.device, dtype=config.dtype)
     check_field(model_path is not None or (tokenizer is not None and ref_model is not None),
                 "model", "is needed for the tokenizer and the reference when only a policy object is given")
@@ -458,6 +456,8 @@ def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, 
     if ref_model is None:
         ref_model = _named("ref_model" if config.ref_model else "model", load_causal_lm,
                            config.ref_model or model_path, **kw)
+    reward_path = config.reward_model or (tiny("reward") if reward_fn is None
+                                          and reward_model is None else None)
     if reward_fn is None and reward_model is None:
         reward_model = _named("reward_model", load_scalar_model, reward_path, **kw)
     if config.value_design == "head":
@@ -500,13 +500,21 @@ def _prompts(config: RLHFConfig) -> list[str]:
     return prompts
 
 
+def _encode_prompts(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (the tokenizer's special tokens added, as in SFT), left-padded: ``[B, P]`` each.
+    A prompt with no token would be an all-padding row: a ValueError naming it."""
+    ids = tokenizer(texts)["input_ids"]
+    empty = [text for text, row in zip(texts, ids) if not row]
+    if empty:
+        raise ValueError(f"prompts: {empty[0]!r} has no tokens (it would be an all-padding row)")
+    return left_pad(ids, tokenizer.pad_token_id)
+
+
 def _check_rollout(batch: SequenceBatch) -> None:
-    """Nothing is skipped silently: an empty response or an all-padding row is an error."""
-    if bool((batch.response_lengths < 1).any()):
-        raise ValueError("max_new_tokens: a rollout produced an empty response "
-                         f"(rows {torch.nonzero(batch.response_lengths < 1).flatten().tolist()})")
-    if not bool(batch.attention_mask.bool().any(-1).all()):
-        raise ValueError("prompts: a rollout row is all padding")
+    """Nothing is skipped silently: an empty response is an error, not a zero-length row."""
+    empty = torch.nonzero(batch.response_lengths < 1).flatten().tolist()
+    if empty:
+        raise ValueError(f"max_new_tokens: the rollout produced empty responses (rows {empty})")
 
 
 def _decode(tokenizer, batch: SequenceBatch) -> list[str]:
@@ -570,7 +578,7 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
     reference (k1, summed over each response), response length and EOS fraction."""
     device = next(policy.parameters()).device
     spec = sampling_spec(tokenizer, config.temperature)
-    ids, mask = left_pad(tokenizer(list(prompts))["input_ids"], tokenizer.pad_token_id)
+    ids, mask = _encode_prompts(tokenizer, list(prompts))
     batch, logprobs = generate(policy, ids.to(device), mask.to(device), spec,
                                max_new_tokens=config.max_new_tokens,
                                eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
