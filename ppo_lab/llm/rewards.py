@@ -118,6 +118,8 @@ def whiten_scores(scores: torch.Tensor, shift_mean: bool = True) -> torch.Tensor
     """Scores normalised over the batch, ``(r − mean) / sqrt(var + 1e-8)`` (core ``masked_whiten``;
     ``shift_mean=False`` adds the mean back). ``[B]`` → ``[B]``; B ≥ 2."""
     scores = _finite_1d(scores, "scores")
+    if scores.numel() < 2:
+        raise ValueError(f"scores: whitening needs at least 2 scores, got {scores.numel()}")
     return masked_whiten(scores, None, shift_mean=shift_mean)
 
 
