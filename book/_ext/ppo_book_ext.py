@@ -158,7 +158,14 @@ def _translate_header_buttons(app, pagename, templatename, context, doctree):
     walk(context.get("header_buttons", []))
 
 
+def _add_book_css(app) -> None:
+    """book/_ext/static/ppo-book.css on every page (code listings that fit the column)."""
+    app.config.html_static_path.append(str(Path(__file__).resolve().parent / "static"))
+    app.add_css_file("ppo-book.css")
+
+
 def setup(app):
+    app.connect("builder-inited", _add_book_css)
     app.connect("html-page-context", _translate_header_buttons, priority=800)
     app.connect("config-inited", _exclude_paired_sources)
     app.connect("doctree-read", _join_cjk_lines_in_doctree)

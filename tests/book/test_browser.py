@@ -181,8 +181,22 @@ def test_page_renders_offline(name, server, browser):
         assert box.locator(".widget-readout").inner_text() != readout_before, f"{name}: slider {i} did not move"
         assert before and after and before != after, f"{name}: moving slider {i} did not change the figure"
 
-    # -- the interface speaks the book's language: hidden-code toggles too
+    # -- the interface speaks the book's language: hidden-code toggles and header buttons too
     assert "Show code cell" not in text, f"{name}: English code-cell toggle"
+    labels = page.locator(".article-header-buttons").evaluate_all(
+        """els => els.flatMap(el => [el.innerText,
+            ...Array.from(el.querySelectorAll('[title], [aria-label], [data-bs-original-title]'))
+               .flatMap(b => [b.title, b.getAttribute('aria-label'), b.getAttribute('data-bs-original-title')])])
+           .filter(Boolean).join(' | ')""")
+    for english in ("Repository", "Open issue", "Source repositories"):
+        assert english not in labels, f"{name}: English header-button label {english!r}: {labels}"
+
+    # -- code listings (literalinclude, code blocks) and code cells fit the text column at 1280 px:
+    # no horizontal scroll bar hides part of a line (book/_ext/static/ppo-book.css wraps long lines)
+    wide_code = page.evaluate(r"""() => Array.from(document.querySelectorAll('main div.highlight pre'))
+        .filter(pre => !pre.closest('.cell_output') && pre.scrollWidth > pre.clientWidth + 1)
+        .map(pre => pre.innerText.split('\n').reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 80))""")
+    assert not wide_code, f"{name}: code wider than the column, behind a scroll bar: {wide_code}"
 
     # -- one search field, in the sidebar (no second one in a header bar above the page)
     assert page.locator(".search-button-field:visible").count() == 1, f"{name}: not exactly one search field"
@@ -217,3 +231,70 @@ def test_chinese_search_finds_the_page(query, page, server, browser):
     tab.wait_for_selector("#search-results .search-summary", timeout=20_000)
     links = tab.locator("#search-results ul.search li a").evaluate_all("els => els.map(e => e.href)")
     assert any(f"/{page}.html" in href for href in links), f"{query!r}: {links}"
+
+
+# -- the Colab / Jupyter edition, rendered the way plain Jupyter renders it ---------------------
+
+MATHJAX2 = ROOT / "vendor" / "nbconvert" / "mathjax2"
+EDITION_PAGE = "04_gae"  # a chapter with labelled equations, listings, admonitions and solutions
+
+
+@pytest.fixture(scope="module")
+def edition_html(tmp_path_factory):
+    """``jupyter nbconvert --to html`` of one edition notebook, MathJax 2 from vendor/ (npm)."""
+    import subprocess
+    import sys
+
+    if not (MATHJAX2 / "MathJax.js").exists():
+        pytest.fail("vendored MathJax 2 missing: run `make vendor` (make test does it)")
+    out = tmp_path_factory.mktemp("edition-html")
+    shutil.copytree(MATHJAX2, out / "mathjax2")
+    shutil.copy(ROOT / "vendor" / "static" / "_vendor" / "require.js", out / "require.js")
+    nbconvert = Path(sys.executable).with_name("jupyter-nbconvert")
+    subprocess.run([str(nbconvert), "--to", "html", str(ROOT / "notebooks" / f"{EDITION_PAGE}.ipynb"),
+                    "--output-dir", str(out), "--HTMLExporter.mathjax_url=mathjax2/MathJax.js?config=TeX-AMS_CHTML-full,Safe",
+                    "--HTMLExporter.require_js_url=require.js"],  # the template's other CDN script
+                   check=True, capture_output=True, text=True)
+    handler = functools.partial(_QuietHandler, directory=str(out))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/{EDITION_PAGE}.html"
+    httpd.shutdown()
+
+
+def test_edition_notebook_renders_in_plain_jupyter(edition_html, browser):
+    """What a reader sees opening the edition in Jupyter (nbconvert's lab template, as the
+    notebook UI renders Markdown): math typeset by MathJax 2, no raw MyST or TeX labels, the
+    literalinclude listings visible as code, solutions collapsed, nothing fetched from outside."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{EDITION_PAGE}.ipynb", as_version=4)
+    listings = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("```python\n")]
+    page = browser.new_page()
+    origin = edition_html.rsplit("/", 1)[0]
+    outside, errors = [], []
+    page.on("request", lambda r: None if r.url.startswith((origin, "data:", "blob:", "about:")) else outside.append(r.url))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.route(lambda url: not url.startswith(origin), lambda route: route.abort())
+    page.goto(edition_html, wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.Hub", timeout=20_000)
+    page.evaluate("() => new Promise(done => MathJax.Hub.Queue(done))")
+
+    markdown = page.locator(".jp-RenderedMarkdown")
+    assert markdown.count() > 20
+    typeset = page.locator(".jp-RenderedMarkdown .mjx-chtml").count()
+    errors_tex = page.locator(".jp-RenderedMarkdown .mjx-chtml .MJXc-TeX-error, .MathJax_Error, merror").count()
+    assert typeset > 100 and errors_tex == 0, f"{typeset} typeset formulas, {errors_tex} TeX errors"
+    text = "\n".join(markdown.all_inner_texts())
+    for raw in ("$$", "\\tag", "\\begin{", "{eq}", "{ref}", "{cite", ":::", "```", "(eq-", "⟦"):
+        assert raw not in text, f"raw markup {raw!r} in the rendered edition"
+    assert "(4.9)" in text  # an equation number, typeset from \tag{4.9}
+    # every listing is visible code: the rendered <pre> blocks hold each listing's first line
+    code = "\n".join(page.locator(".jp-RenderedMarkdown pre").all_inner_texts())
+    assert listings and all(listing.split("\n")[1] in code for listing in listings)
+    details = page.locator(".jp-RenderedMarkdown details")
+    assert details.count() >= 4 and not any(details.evaluate_all("els => els.map(d => d.open)"))
+    assert not page.locator(".jp-OutputArea-output").count(), "the edition carries no outputs"
+    (ROOT / "_build" / "screenshots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ROOT / "_build" / "screenshots" / f"edition__{EDITION_PAGE}.png"), full_page=True)
+    page.close()
+    assert not outside, f"requests left 127.0.0.1: {outside[:5]}"
+    assert not errors, f"page errors: {errors[:5]}"
