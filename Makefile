@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENDOR := vendor/static/_vendor
+MATHJAX2 := vendor/nbconvert/mathjax2
 NB_TIMEOUT ?= 600
 # Chapters are the .md files under book/*/ that hold code cells; each has an .ipynb pair.
 CHAPTERS := $(shell grep -l '{code-cell}' book/*/*.md 2>/dev/null)
@@ -51,7 +52,7 @@ sysdeps:
 	  fi; \
 	fi
 
-# MathJax 3, RequireJS and the ipywidgets embed manager, from npm (pinned in vendor/).
+# MathJax 3, RequireJS and the ipywidgets embed manager, from npm (pinned in vendor/); MathJax 2.
 vendor: $(VENDOR)/.stamp
 $(VENDOR)/.stamp: vendor/package.json vendor/package-lock.json
 	@command -v npm >/dev/null || $(MAKE) sysdeps
@@ -59,6 +60,14 @@ $(VENDOR)/.stamp: vendor/package.json vendor/package-lock.json
 	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/@jupyter-widgets/html-manager/dist
 	cp -r vendor/node_modules/mathjax $(VENDOR)/mathjax
 	cp vendor/node_modules/requirejs/require.js $(VENDOR)/require.js
+	@# MathJax 2 for `jupyter nbconvert --to html` of the edition (nbconvert's template is MathJax 2);
+	@# outside static/ so the HTML book does not ship it. CommonHTML output only.
+	rm -rf $(MATHJAX2) && mkdir -p $(MATHJAX2)/jax/output $(MATHJAX2)/fonts/HTML-CSS/TeX
+	cp -r vendor/node_modules/mathjax2/MathJax.js vendor/node_modules/mathjax2/config \
+	   vendor/node_modules/mathjax2/extensions $(MATHJAX2)/
+	cp -r vendor/node_modules/mathjax2/jax/input vendor/node_modules/mathjax2/jax/element $(MATHJAX2)/jax/
+	cp -r vendor/node_modules/mathjax2/jax/output/CommonHTML $(MATHJAX2)/jax/output/
+	cp -r vendor/node_modules/mathjax2/fonts/HTML-CSS/TeX/woff $(MATHJAX2)/fonts/HTML-CSS/TeX/
 	cp vendor/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js \
 	   vendor/node_modules/@jupyter-widgets/html-manager/dist/*.woff2 \
 	   vendor/node_modules/@jupyter-widgets/html-manager/dist/*.woff \
@@ -94,4 +103,4 @@ test: $(STAMP) vendor sysdeps
 	  --nbval book --nbval-sanitize-with nbval_sanitize.cfg
 
 clean:
-	rm -rf _build $(VENDOR) vendor/node_modules
+	rm -rf _build $(VENDOR) $(MATHJAX2) vendor/node_modules

@@ -5,6 +5,10 @@ here needs no Python after rendering: every figure is drawn once, up front, for 
 parameter values; the PNGs go into a ``widgets.Stack`` and the slider's index is linked to the
 stack's ``selected_index`` in the browser (``widgets.jslink``). Moving the slider switches the
 figure in Jupyter, in Colab and in the offline HTML page alike.
+
+ipywidgets 7.x (which Colab has shipped) has no ``widgets.Stack``: there the slider is live
+instead — a Python callback puts the selected PNG into an ``ipywidgets.Output`` — which needs
+a kernel, as Colab and Jupyter have.
 """
 
 from __future__ import annotations
@@ -32,20 +36,28 @@ class FigureSlider:
 
     Attributes:
         slider: the ``ipywidgets.SelectionSlider`` (its ``index`` selects the figure).
-        stack: the ``ipywidgets.Stack`` of ``ipywidgets.Image`` children, one per value.
+        stack: the ``ipywidgets.Stack`` of ``ipywidgets.Image`` children, one per value; on
+            ipywidgets 7 (no ``Stack``) the ``ipywidgets.Output`` showing the selected figure.
+        pngs: the precomputed figures (PNG bytes), in slider order.
         widget: the ``VBox`` holding both, which is what gets displayed.
         values: the parameter values, in slider order.
     """
 
-    def __init__(self, slider: Any, stack: Any, widget: Any, values: Sequence[Any], description: str):
+    def __init__(self, slider: Any, stack: Any, widget: Any, values: Sequence[Any], description: str,
+                 pngs: Sequence[bytes] = ()):
         self.slider = slider
+        self.pngs = list(pngs)
         self.stack = stack
         self.widget = widget
         self.values = list(values)
         self.description = description
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        if hasattr(self.widget, "_repr_mimebundle_"):
+            bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        else:  # ipywidgets 7 displays through _ipython_display_; this is the bundle it sends
+            bundle = {"application/vnd.jupyter.widget-view+json":
+                      {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}}
         # The default text/plain repr embeds the PNG bytes; a short, stable text keeps
         # notebooks small and their text output comparable by nbval.
         bundle["text/plain"] = f"FigureSlider({self.description!r}, {len(self.values)} figures)"
@@ -93,12 +105,12 @@ def figure_slider(
     else:
         raise ValueError(f"initial: {initial!r} is not one of values")
 
-    images = []
+    pngs = []
     for v in values:
         fig = draw(v)
         if fig is None or not hasattr(fig, "savefig"):
             raise ValueError(f"draw: must return a matplotlib Figure, got {type(fig).__name__} for {v!r}")
-        images.append(widgets.Image(value=figure_to_png(fig, dpi=dpi), format="png"))
+        pngs.append(figure_to_png(fig, dpi=dpi))
 
     slider = widgets.SelectionSlider(
         options=labels,
@@ -107,9 +119,30 @@ def figure_slider(
         continuous_update=True,
         layout=widgets.Layout(width="420px"),
     )
-    stack = widgets.Stack(images, selected_index=index)
-    # Browser-side link: works without a kernel (static HTML) as well as live.
-    widgets.jslink((slider, "index"), (stack, "selected_index"))
+    if hasattr(widgets, "Stack"):  # ipywidgets >= 8
+        stack = widgets.Stack([widgets.Image(value=png, format="png") for png in pngs], selected_index=index)
+        # Browser-side link: works without a kernel (static HTML) as well as live.
+        widgets.jslink((slider, "index"), (stack, "selected_index"))
+    else:  # ipywidgets 7: a live slider; the kernel puts the selected figure into an Output
+        stack = widgets.Output()
+        _show_png(stack, pngs[index], labels[index])
+
+        def on_change(change: dict) -> None:
+            _show_png(stack, pngs[change["new"]], labels[change["new"]])
+
+        slider.observe(on_change, names="index")
     box = widgets.VBox([slider, stack], layout=widgets.Layout(align_items="flex-start"))
     box.add_class("ppo-figure-slider")
-    return FigureSlider(slider, stack, box, values, description)
+    return FigureSlider(slider, stack, box, values, description, pngs)
+
+
+def _show_png(output: Any, png: bytes, label: str) -> None:
+    """Make ``output`` (an ``ipywidgets.Output``) show one PNG: its displayed outputs are set
+    directly (no kernel capture needed, so a callback can update it from any thread)."""
+    import base64
+
+    output.outputs = ({
+        "output_type": "display_data",
+        "data": {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": f"<figure {label}>"},
+        "metadata": {},
+    },)

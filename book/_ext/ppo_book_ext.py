@@ -122,6 +122,29 @@ def _add_mathjax2_bridge(app, pagename, templatename, context, doctree) -> None:
         app.add_js_file(None, body=MATHJAX2_BRIDGE, priority=501)
 
 
+def _launch_the_edition(app, pagename, templatename, context, doctree) -> None:
+    """Colab and Binder open the page's notebook of the Colab / Jupyter edition
+    (``notebooks/NN_name.ipynb``, see ``book/_ext/edition.py``), not the MyST pair the theme
+    derives from the page's source path; a page outside the edition gets no launch buttons."""
+    from edition import edition_docs  # book/_ext/edition.py
+
+    if app.builder.format != "html":
+        return
+    buttons = context.get("header_buttons", [])
+    group = next((b for b in buttons if b.get("label") == "launch-buttons"), None)
+    if group is None:
+        return
+    name = edition_docs(Path(app.srcdir)).get(pagename)
+    if name is None:
+        buttons.remove(group)
+        return
+    for button in group["buttons"]:
+        url = button.get("url", "")
+        for suffix in (f"{pagename}.ipynb", f"{pagename}.md"):
+            url = url.replace(f"/{suffix}", f"/notebooks/{name}.ipynb")
+        button["url"] = url
+
+
 def _exclude_paired_sources(app, config) -> None:
     """Render each chapter from its executed ``.ipynb``: exclude the paired jupytext ``.md``."""
     srcdir = Path(app.srcdir)
@@ -171,4 +194,5 @@ def setup(app):
     app.connect("doctree-read", _join_cjk_lines_in_doctree)
     app.connect("build-finished", _copy_widget_fonts)
     app.connect("html-page-context", _add_mathjax2_bridge, priority=900)
+    app.connect("html-page-context", _launch_the_edition, priority=600)  # after the theme's (501)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

@@ -140,7 +140,16 @@ def test_a_raising_cell_fails_the_book_build(tmp_path):
 def test_whole_book_builds_with_warnings_as_errors(built_html):
     for name in toc_files():
         assert (built_html / f"{name}.html").exists(), f"{name}.html not built"
-    # Launch buttons open the executed notebook pairs.
-    html = (built_html / "book" / "00_preface" / "preface.html").read_text("utf-8")
-    assert "colab.research.google.com/github/ppo-book/ppo-book/blob/main/book/00_preface/preface.ipynb" in html
-    assert REPO_URL in html
+    # Launch buttons open the chapter's notebook of the Colab / Jupyter edition (notebooks/).
+    branch = yaml.safe_load((ROOT / "_config.yml").read_text("utf-8"))["repository"]["branch"]
+    repo = REPO_URL.removeprefix("https://github.com/")
+    for page, name in (("book/00_preface/preface", "00_preface"), ("book/04_gae/gae", "04_gae"),
+                       ("book/appendix/errata", "appendix_errata")):
+        html = (built_html / f"{page}.html").read_text("utf-8")
+        colab = re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', html)
+        assert colab == [f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{name}.ipynb"], colab
+        assert (ROOT / "notebooks" / f"{name}.ipynb").exists()
+        binder = re.findall(r'href="(https://mybinder\.org/[^"]+)"', html)
+        assert binder and all(b.endswith(f"/notebooks/{name}.ipynb") for b in binder), binder
+        assert REPO_URL in html
+    assert "colab.research.google.com" not in (built_html / "book" / "appendix" / "api.html").read_text("utf-8")
