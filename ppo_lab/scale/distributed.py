@@ -1,25 +1,52 @@
 """Data parallelism with ``torch.distributed``: the few lines a trainer needs to run under torchrun.
 
-Launch N processes with ``torchrun --nproc-per-node N …``; each reads its rank from the
-environment torchrun sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT``). Backend: NCCL on CUDA, gloo on CPU. A single process with none of these
-variables runs unchanged (world size 1, no process group).
+Launch N processes with ``torchrun --nproc-per-node N …`` (add ``--nnodes M --node-rank i
+--rdzv-endpoint HOST:PORT`` for several machines); each reads its rank from the environment
+torchrun sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+Backend: NCCL on CUDA, gloo on CPU. A single process with none of these variables runs
+unchanged (world size 1, no process group), and every helper below is then the plain
+single-process computation.
 
-DDP averages gradients over ranks. That equals the single-process gradient of the global batch
-only when every rank's loss is a mean over the same number of elements; masked (token-mean)
-losses need the global count, see :func:`global_masked_mean`.
+§8 in one rule: *every statistic that decides the update is global.* DDP averages gradients
+over ranks. That equals the single-process gradient of the global batch only when every rank's
+loss is a mean over the same number of elements; masked (token-mean) losses need the global
+count (:func:`global_masked_mean`, :func:`token_mean_scale`), and the advantage whitening, the
+score normalisation, the KL controller's measured KL and the early stop on approximate KL are
+all-reduced (:func:`global_masked_whiten`, :func:`global_mean`, :func:`global_early_stop`), so N
+ranks train exactly as one process on the same global batch and never disagree on a decision.
+
+Sharding: DDP (:func:`wrap_model`) keeps a full copy of the model on every rank; FSDP2
+(``torch.distributed.fsdp.fully_shard``, ``fsdp=True``) keeps 1/N of every parameter, gradient
+and Adam moment per rank and all-gathers a layer's weights just before it runs. Both reduce
+gradients in ``backward``, so the training forward must go through the wrapper; generation
+runs on the unwrapped module (:func:`generation_model`, seed erratum 11).
+
+Shapes: B sequences, T response tokens; masks are bool ``[B, T]`` (True = counted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "wrap_ddp", "unwrap", "global_masked_mean", "cleanup"]
+from ppo_lab.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from ppo_lab.core import masked_whiten
+
+__all__ = [
+    "DistInfo", "MicroBatchSizes", "all_reduce_stats", "cleanup", "derive_micro_batch_sizes",
+    "generation_model", "global_early_stop", "global_masked_mean", "global_masked_whiten",
+    "global_mean", "global_mean_var", "init_distributed", "is_fsdp", "load_distributed_checkpoint",
+    "print_main", "rank_seed", "save_distributed_checkpoint", "shard", "token_mean_scale", "unwrap",
+    "world_size", "wrap_ddp", "wrap_fsdp", "wrap_model",
+]
 
 
 @dataclass(frozen=True)
@@ -39,7 +66,10 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for one process).
+    """Join the process group torchrun describes in the environment (no-op for one plain process).
+
+    A process started by torchrun joins the group even when ``WORLD_SIZE`` is 1, so FSDP2 (which
+    needs a group) also runs on one device.
 
     Args:
         device: ``"cuda"``, ``"cpu"`` or ``"auto"`` (CUDA when available). With CUDA each
@@ -60,30 +90,183 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
-    """``DistributedDataParallel`` around ``model`` when there is more than one process."""
-    model = model.to(info.device)
-    if not info.enabled:
-        return model
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+def world_size() -> int:
+    """Processes in the group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP/compiled wrapper: call ``generate`` and ``save_pretrained`` on this.
+def cleanup() -> None:
+    """Leave the process group (safe to call when none was started)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
-    ``DistributedDataParallel`` only forwards ``forward``; ``ddp_model.generate(...)`` raises
-    ``AttributeError`` (seed erratum 11).
+
+# --- seeding, sharding, rank-0 output ----------------------------------------------------------
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed rank ``rank`` uses for its sampling: ``seed + 1_000_003 · rank``.
+
+    Each rank draws different samples (the same seed on every rank would generate the same
+    responses N times), and the run is reproducible: rank r's stream depends only on (seed, r).
+    Rank 0 keeps ``seed`` itself, so a one-process run is unchanged.
     """
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"rank: expected an integer >= 0, got {rank!r}")
+    return seed + 1_000_003 * rank
+
+
+def shard(items, info: DistInfo, name: str = "batch_size"):
+    """Rank ``info.rank``'s contiguous block of a global batch (a list or a tensor on dim 0).
+
+    Rank r takes ``items[r·n/N : (r+1)·n/N]``, so the ranks' blocks concatenated in rank order are
+    the global batch — which is what lets a test compare N ranks with one process. ``n`` must be
+    divisible by N (otherwise ranks would hold different numbers of prompts): a ``ValueError``
+    naming ``name``, the config field that sets ``n``.
+    """
+    n = len(items)
+    if n % info.world_size:
+        raise ValueError(f"{name}: {n} is not divisible by the number of processes "
+                         f"(world size {info.world_size}, torchrun --nproc-per-node × --nnodes)")
+    per_rank = n // info.world_size
+    return items[info.rank * per_rank : (info.rank + 1) * per_rank]
+
+
+def print_main(info: DistInfo, *args, **kwargs) -> None:
+    """``print`` on rank 0 only (N ranks printing the same line N times helps no one)."""
+    if info.is_main:
+        print(*args, **kwargs)
+
+
+# --- batch sizes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MicroBatchSizes:
+    """Per-rank sizes derived from the global ``batch_size`` and ``minibatch_size`` (§8)."""
+
+    batch_size: int
+    """Sequences per rollout, all ranks together (global)."""
+    minibatch_size: int
+    """Sequences per optimiser step, all ranks together (global)."""
+    local_batch_size: int
+    """Sequences each rank generates per rollout: ``batch_size / world_size``."""
+    local_minibatch_size: int
+    """Sequences each rank contributes to one optimiser step: ``minibatch_size / world_size``."""
+    micro_batch_size: int
+    """Sequences per forward/backward: ``minibatch_size / (world_size · grad_accum_steps)``."""
+    num_minibatches: int
+    """Optimiser steps per epoch: ``batch_size / minibatch_size``."""
+
+
+def derive_micro_batch_sizes(*, batch_size: int, minibatch_size: int, world_size: int,
+                             grad_accum_steps: int = 1) -> MicroBatchSizes:
+    """§8: ``batch_size`` and ``minibatch_size`` are global; a micro-batch is
+    ``minibatch_size / (world_size · grad_accum_steps)``.
+
+    Keeping the two sizes global means changing the number of GPUs or the accumulation steps
+    changes *how* an update is computed, never *which* update: the same sequences per optimiser
+    step. A combination that does not divide raises a ``ValueError`` naming the flags to change.
+    """
+    for name, value in (("batch_size", batch_size), ("minibatch_size", minibatch_size),
+                        ("world_size", world_size), ("grad_accum_steps", grad_accum_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if batch_size % minibatch_size:
+        raise ValueError(f"minibatch_size: --minibatch-size {minibatch_size} does not divide "
+                         f"--batch-size {batch_size}")
+    per_step = world_size * grad_accum_steps
+    if minibatch_size % per_step:
+        raise ValueError(
+            f"grad_accum_steps: --minibatch-size {minibatch_size} is not divisible by world size "
+            f"{world_size} (torchrun --nproc-per-node × --nnodes) × --grad-accum-steps {grad_accum_steps}"
+            f" = {per_step}; change one of the three")
+    return MicroBatchSizes(
+        batch_size=batch_size, minibatch_size=minibatch_size,
+        local_batch_size=batch_size // world_size, local_minibatch_size=minibatch_size // world_size,
+        micro_batch_size=minibatch_size // per_step, num_minibatches=batch_size // minibatch_size)
+
+
+# --- global statistics ---------------------------------------------------------------------------
+
+
+def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def _sum_count(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local ``sum(x·mask)`` and ``count(mask)`` in float64, without gradient."""
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} does not match {name} {tuple(x.shape)}")
+    x = x.detach().double()
+    if mask is None:
+        return x.sum(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+    keep = mask.bool()
+    return torch.where(keep, x, 0.0).sum(), keep.sum().double()
+
+
+def global_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of ``x`` over the kept elements of every rank: ``Σ_ranks sum / Σ_ranks count``.
+
+    A 0-dim float64 tensor, identical on every rank, no gradient. Uses: the KL controller's
+    current KL (mean over all sequences of each one's summed KL), the mean score, the approximate
+    KL for early stopping. Not the mean of the per-rank means, which weighs a rank with fewer
+    tokens as much as one with more.
+    """
+    total = torch.stack(_sum_count(x, mask, "x"))
+    _all_reduce(total)
+    if total[1].item() == 0:
+        raise ValueError("mask: no kept element on any rank")
+    return total[0] / total[1]
+
+
+def global_mean_var(x: torch.Tensor, mask: torch.Tensor | None = None, unbiased: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global masked mean and (Bessel-corrected) variance, float64, equal on every rank.
+
+    Two all-reduces: [sum, count], then the sum of squared deviations from the global mean (the
+    two-pass formula, as the core's ``masked_var``: no cancellation of E[x²] − E[x]²).
+    """
+    total = torch.stack(_sum_count(x, mask, "x"))
+    _all_reduce(total)
+    n = total[1].item()
+    if n < 2 and unbiased:
+        raise ValueError(f"mask: the unbiased variance needs at least 2 kept elements on all ranks, got {n:g}")
+    mean = total[0] / total[1]
+    squares, _ = _sum_count((x.detach().double() - mean).square(), mask, "x")
+    _all_reduce(squares)
+    return mean, squares / (n - 1 if unbiased else n)
+
+
+def global_masked_whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True
+                         ) -> torch.Tensor:
+    """``core.masked_whiten`` with the mean and variance of the *global* batch (§7 whitening, §8).
+
+    ``(x − μ) / sqrt(σ² + 1e-8)`` with μ, σ² from :func:`global_mean_var`; 0 where ``mask`` is
+    False; ``shift_mean=False`` adds μ back (rewards, TRL's convention). Without a process group
+    it *is* ``masked_whiten``. Under N ranks each rank's slice equals the slice of
+    ``masked_whiten`` on the concatenated batch — per-rank whitening would not (each rank would
+    centre on its own mean). Shapes: ``x``, ``mask`` alike, e.g. ``[B, T]``; result in ``x``'s dtype.
+    """
+    if world_size() == 1:
+        return masked_whiten(x, mask, shift_mean=shift_mean)
+    mean, var = global_mean_var(x, mask)
+    whitened = (x.double() - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    whitened = whitened.to(x.dtype)
+    return whitened if mask is None else torch.where(mask.bool(), whitened, 0)
 
 
 def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, world_size: int | None = None) -> torch.Tensor:
@@ -106,7 +289,248 @@ def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, world_size: int | No
     return local_sum * ws / count.to(x.dtype)
 
 
-def cleanup() -> None:
-    """Leave the process group (safe to call when none was started)."""
+def token_mean_scale(local_count: int, global_count: int, world_size: int) -> float:
+    """The factor that turns a rank's token-mean loss into its share of the global token mean.
+
+    A loss that is a mean over this rank's ``local_count`` tokens, times
+    ``local_count · world_size / global_count``, is ``world_size · Σ_local / global_count``;
+    DDP/FSDP divide the summed gradients by ``world_size``, and gradient accumulation adds the
+    micro-steps, leaving ``∇ Σ_all / global_count`` — the token mean of the whole minibatch over
+    every micro-step and rank (§8), which :func:`global_masked_mean` computes in one go.
+    """
+    if global_count <= 0:
+        raise ValueError(f"global_count: expected > 0 kept tokens, got {global_count}")
+    return local_count * world_size / global_count
+
+
+def all_reduce_stats(stats: dict[str, float], weight: float = 1.0) -> dict[str, float]:
+    """Log metrics averaged over ranks, each rank weighted by ``weight`` (e.g. its token count).
+
+    One all-reduce of ``[weight·v₁, …, weight·v_k, weight]`` (keys sorted, so every rank must
+    pass the same keys). Without a process group the stats come back unchanged.
+    """
+    if world_size() == 1:
+        return dict(stats)
+    keys = sorted(stats)
+    t = torch.tensor([weight * float(stats[k]) for k in keys] + [float(weight)], dtype=torch.float64)
+    _all_reduce(t)
+    if t[-1].item() <= 0:
+        raise ValueError(f"weight: total weight over ranks is {t[-1].item()}, expected > 0")
+    return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
+
+
+def global_early_stop(approx_kl: float, threshold: float | None, weight: float = 1.0) -> bool:
+    """Stop the epoch loop when the token-weighted mean approximate KL over ranks exceeds
+    ``threshold`` (``None``: never). Every rank returns the same answer.
+
+    A rank that decided alone would leave the loop while the others enter the next minibatch's
+    backward and wait forever in its all-reduce. The per-rank decisions, made from the same
+    all-reduced value, are reduced once more with MAX, so even a last-bit difference in the mean
+    cannot split the ranks.
+    """
+    if threshold is None:
+        return False
+    mean_kl = all_reduce_stats({"approx_kl": approx_kl}, weight)["approx_kl"]
+    stop = torch.tensor([1.0 if mean_kl > threshold else 0.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return bool(stop.item())
+
+
+# --- wrapping: DDP and FSDP2 --------------------------------------------------------------------
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` when there is more than one process."""
+    model = model.to(info.device)
+    if not info.enabled:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _block_classes(model: nn.Module) -> set[str]:
+    """Class names of a Hugging Face model's transformer blocks (``_no_split_modules``)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return names
+
+
+def wrap_fsdp(model: nn.Module, info: DistInfo, mp_policy=None) -> nn.Module:
+    """FSDP2: ``fully_shard`` every transformer block, then the root (§8).
+
+    Each block is one all-gather unit: its parameters are gathered just before it runs and freed
+    just after, so at most one block (plus the root's embeddings and head) is whole at a time.
+    The blocks are found by Hugging Face's ``_no_split_modules`` (``GPT2Block``,
+    ``LlamaDecoderLayer``, …); any other module is sharded as one unit. Parameters become
+    ``DTensor`` shards; ``model`` is changed in place and returned. Needs a process group
+    (launch with torchrun, also for one process).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not dist.is_initialized():
+        raise ValueError("fsdp: FSDP2 needs a process group; launch with torchrun (also for one process)")
+    model = model.to(info.device)
+    kwargs = {"mp_policy": mp_policy or MixedPrecisionPolicy()}
+    blocks = _block_classes(model)
+    for module in list(model.modules()):
+        if module is not model and type(module).__name__ in blocks:
+            fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
+    """The one call a trainer makes: FSDP2 when ``fsdp`` (config ``--fsdp``), else DDP (which is
+    the model itself for one process)."""
+    return wrap_fsdp(model, info) if fsdp else wrap_ddp(model, info)
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by FSDP2's ``fully_shard``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP/compiled wrapper: call ``generate`` and ``save_pretrained`` on this.
+
+    ``DistributedDataParallel`` only forwards ``forward``; ``ddp_model.generate(...)`` raises
+    ``AttributeError`` (seed erratum 11). FSDP2 has no wrapper (it changes the module's class in
+    place), so an FSDP2 model is its own unwrapped module.
+    """
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+@contextlib.contextmanager
+def generation_model(model: nn.Module) -> Iterator[nn.Module]:
+    """``with generation_model(policy) as m: m.generate(...)`` — the module to sample from (§8).
+
+    DDP: the module inside the wrapper — sampling needs no gradient all-reduce, and DDP's
+    ``forward`` would also re-broadcast buffers at every token. FSDP2: all parameters unsharded
+    once (``unshard()`` on every sharded module, with resharding after each forward switched off
+    so the token loop does not all-gather the weights again at every step), and ``reshard()``
+    afterwards to free them. Plain module: itself.
+    """
+    inner = unwrap(model)
+    if not is_fsdp(inner):
+        yield inner
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in inner.modules() if isinstance(m, FSDPModule)]
+    inner.set_reshard_after_forward(False)
+    for m in sharded:
+        m.unshard()
+    try:
+        yield inner
+    finally:
+        for m in sharded:
+            m.reshard()
+        inner.set_reshard_after_forward(True)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                                info: DistInfo, extra: dict[str, Any] | None = None) -> Path:
+    """Save a resumable checkpoint from every rank's point of view (§8).
+
+    - FSDP2: ``torch.distributed.checkpoint`` (``dcp.save``) writes each rank's shards of the
+      model and the optimiser in parallel into ``directory/dcp`` — no rank ever holds the whole
+      model (``get_state_dict`` gives the sharded state dicts).
+    - DDP / one process: the ranks hold identical copies, so rank 0 alone writes the model
+      (``save_pretrained`` into ``directory/model`` for Hugging Face models — adapters only for a
+      peft model —, else ``state_dict``) and the optimiser state.
+
+    ``extra`` (step, KL controller, config …) is written by rank 0; every rank writes its own RNG
+    state (``rng_rank{r}.pt``), since each samples from its own stream (:func:`rank_seed`).
+    Ranks meet at a barrier at the end, so the checkpoint is complete when any rank returns.
+    """
+    directory = Path(directory)
+    if is_fsdp(unwrap(model)):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+    elif info.is_main:
+        inner = unwrap(model)
+        state = {"optimizer": optimizer.state_dict()}
+        if hasattr(inner, "save_pretrained"):
+            inner.save_pretrained(directory / "model")
+        else:
+            state["model"] = inner.state_dict()
+        save_checkpoint(directory / "trainer_state.pt", state)
+    if info.is_main:
+        save_checkpoint(directory / "extra.pt", {"extra": extra or {}})
+    save_checkpoint(directory / f"rng_rank{info.rank}.pt", get_rng_state())
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.barrier()
+    return directory
+
+
+def load_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                                info: DistInfo) -> dict[str, Any]:
+    """Restore what :func:`save_distributed_checkpoint` wrote into an already wrapped ``model``
+    and its ``optimizer`` (built the same way); sets this rank's RNG state; returns ``extra``.
+
+    DDP / one process: every rank reads the same files (the weights were identical when saved).
+    A Hugging Face model's weights are read back from ``directory/model`` with safetensors.
+    """
+    directory = Path(directory)
+    if not (directory / "extra.pt").is_file():
+        raise ValueError(f"directory: no checkpoint in {str(directory)!r} (extra.pt missing)")
+    inner = unwrap(model)
+    if is_fsdp(inner):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(inner, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(directory / "dcp"))
+        set_state_dict(inner, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        state = load_checkpoint(directory / "trainer_state.pt", map_location=info.device)
+        if "model" in state:
+            inner.load_state_dict(state["model"])
+        else:
+            _load_pretrained_weights(inner, directory / "model")
+        optimizer.load_state_dict(state["optimizer"])
+    rng = directory / f"rng_rank{info.rank}.pt"
+    if not rng.is_file():
+        raise ValueError(f"directory: {str(directory)!r} has no RNG state for rank {info.rank} "
+                         "(saved with a different number of processes?)")
+    set_rng_state(load_checkpoint(rng))
+    return load_checkpoint(directory / "extra.pt")["extra"]
+
+
+def _load_pretrained_weights(model: nn.Module, path: Path) -> None:
+    """Load ``save_pretrained``'s safetensors back into ``model`` in place (adapters for peft)."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"directory: no *.safetensors under {str(path)!r}")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied weights (lm_head = embeddings): a missing key is fine when its
+    # tensor shares storage with a loaded one.
+    current = model.state_dict()
+    loaded = {current[k].data_ptr() for k in state if k in current}
+    untied = [k for k in missing if current[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(f"directory: {str(path)!r} does not match the model "
+                         f"(missing {sorted(untied)[:3]}, unexpected {sorted(unexpected)[:3]})")
