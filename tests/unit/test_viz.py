@@ -117,9 +117,3 @@ def test_slider_python_side_on_ipywidgets_7_7_1(tmp_path):
     assert facts["first"] and facts["after"] and facts["distinct"], facts
     assert facts["repr"] == "FigureSlider('k', 3 figures)" and "application/vnd.jupyter.widget-view+json" in facts["mime"]
 
-
-def test_script_runs_here_too():
-    """The same script under this environment's ipywidgets (8): the Stack path."""
-    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert '"kind": "Stack"' in run.stdout and '"after": true' in run.stdout
