@@ -303,8 +303,7 @@ def summarise(rows: list[dict], flops: dict, floor: dict) -> dict:
         ours, trl = summary["per_side"]["ppo_lab"], summary["per_side"]["trl"]
         speedup = round(trl["median_seconds"]["total"] / ours["median_seconds"]["total"], 3)
         summary["speedup ppo_lab/trl"] = speedup
-        summary["targets"] = {"ppo_lab >= 2x trl iterations/s": speedup >= 2.0,
-                              "ppo_lab peak RSS <= trl": ours["peak_rss_mb"] <= trl["peak_rss_mb"]}
+        summary["peak_rss ppo_lab/trl"] = round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3)
     return summary
 
 

@@ -53,7 +53,7 @@ __all__ = ["PRESETS", "RLHFConfig", "RLHFResult", "evaluate", "token_advantages"
 RewardFn = Callable[..., torch.Tensor]
 """``reward_fn(prompts: list[str], responses: list[str], *, eos: list[bool]) -> Tensor[B]``."""
 
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIR = "ppo/checkpoint"
 
 
 @dataclass
@@ -153,12 +153,13 @@ class RLHFConfig(ConfigBase):
     """Weights dtype of the models loaded from paths (log-probs are float32 regardless)."""
     torch_threads: int = 1
     """torch intra-op threads; 0 leaves torch's default."""
-    run_dir: str | None = None
-    """Directory for checkpoints (and, from the CLI, metrics and plots)."""
+    out_dir: str | None = None
+    """Write <out_dir>/ppo: checkpoints and, from the CLI, the trained policy, value model,
+    metrics and learning curve; None = keep in memory only."""
     checkpoint_every: int = 0
-    """Write run_dir/checkpoint every this many iterations and at the end; 0 = never."""
+    """Write <out_dir>/ppo/checkpoint every this many iterations and at the end; 0 = never."""
     resume: bool = False
-    """Continue from run_dir/checkpoint if it exists (bit-exact on CPU)."""
+    """Continue from <out_dir>/ppo/checkpoint if it exists (bit-exact on CPU)."""
 
     def validate(self) -> None:
         self._positive_int("iterations", "batch_size", "num_minibatches", "ppo_epochs",
@@ -187,14 +188,14 @@ class RLHFConfig(ConfigBase):
                               ("dtype", ("fp32", "bf16", "fp16"))):
             check_field(getattr(self, name) in allowed, name,
                         f"must be one of {allowed}, got {getattr(self, name)!r}")
-        check_field(self.run_dir is not None or not (self.checkpoint_every or self.resume),
-                    "run_dir", "is needed for checkpoint_every > 0 or resume")
+        check_field(self.out_dir is not None or not (self.checkpoint_every or self.resume),
+                    "out_dir", "is needed for checkpoint_every > 0 or resume")
         check_field(not (self.gold and self.prompts), "gold",
                     "the gold reward is defined for the review task's prompts only (prompts=None)")
 
 
 # Fields a resumed run may change without changing the result (on CPU).
-_RESUMABLE = {"run_dir", "checkpoint_every", "resume", "device", "torch_threads", "iterations"}
+_RESUMABLE = {"out_dir", "checkpoint_every", "resume", "device", "torch_threads", "iterations"}
 
 PRESETS: dict[str, tuple[str, RLHFConfig]] = {
     "tiny": ("the review task: committed tiny SFT policy and reward model, gold reward logged",
@@ -210,6 +211,7 @@ class RLHFResult:
 
     policy: Any
     value_model: Any
+    tokenizer: Any
     config: RLHFConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     """One row per iteration (metric keys from ``ppo_lab.metrics`` + bookkeeping)."""
@@ -245,10 +247,10 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: _lr_factor(k, config))
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
               if config.adaptive_kl else FixedKLController(config.kl_coef))
-    result = RLHFResult(policy, value_model, config)
+    result = RLHFResult(policy, value_model, tokenizer, config)
     first = 0
-    if config.resume and (Path(config.run_dir) / CHECKPOINT_DIR).exists():
-        first, elapsed = _restore(Path(config.run_dir) / CHECKPOINT_DIR, config, policy,
+    if config.resume and (Path(config.out_dir) / CHECKPOINT_DIR).exists():
+        first, elapsed = _restore(Path(config.out_dir) / CHECKPOINT_DIR, config, policy,
                                   value_model, optimizer, scheduler, kl_ctl, generator, result)
         start_time -= elapsed
     eval_prompts = ReviewTask().prompts(config.eval_prompts, seed=config.task_seed + 1) \
@@ -339,7 +341,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
                         refresh=False)
         if config.checkpoint_every and ((iteration + 1) % config.checkpoint_every == 0
                                         or iteration + 1 == config.iterations):
-            _save(Path(config.run_dir) / CHECKPOINT_DIR, iteration + 1,
+            _save(Path(config.out_dir) / CHECKPOINT_DIR, iteration + 1,
                   time.perf_counter() - start_time, config, policy, value_model, optimizer,
                   scheduler, kl_ctl, generator, result)
     bar.close()

@@ -57,11 +57,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
                         iterations=6, batch_size=8, num_minibatches=2, ppo_epochs=2,
                         max_new_tokens=8, learning_rate=1e-3, temperature=0.7, adaptive_kl=True,
                         warmup_iterations=2, anneal_lr=True, checkpoint_every=1, num_prompts=64,
-                        run_dir="set below")
+                        out_dir="set below")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     state = killed / CHECKPOINT_DIR / "state.pt"
 
-    process = _start(config.replace(run_dir=str(killed)))
+    process = _start(config.replace(out_dir=str(killed)))
     deadline = time.monotonic() + 300
     while not state.exists():
         assert process.poll() is None, "the run ended before writing a checkpoint"
@@ -73,8 +73,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     saved = torch.load(state, weights_only=True)  # atomic: never a torn file
     assert 1 <= saved["iteration"] < config.iterations, "the kill must land mid-run"
 
-    _finish(_start(config.replace(run_dir=str(killed), resume=True)))
-    _finish(_start(config.replace(run_dir=str(clean))))
+    _finish(_start(config.replace(out_dir=str(killed), resume=True)))
+    _finish(_start(config.replace(out_dir=str(clean))))
 
     a, b = killed / CHECKPOINT_DIR, clean / CHECKPOINT_DIR
     for part in ("policy", "value"):

@@ -229,7 +229,7 @@ def test_value_head_design_trains_through_one_trunk(tokenizer):
     (dict(batch_size=8, num_minibatches=3), "num_minibatches"),
     (dict(batch_size=8, num_minibatches=8), "num_minibatches"),
     (dict(reference="nope"), "reference"),
-    (dict(checkpoint_every=2), "run_dir"),
+    (dict(checkpoint_every=2), "out_dir"),
     (dict(gold=True, prompts="x.jsonl"), "gold"),
 ])
 def test_bad_config_names_the_field(change, field):
