@@ -335,6 +335,7 @@ def estimate_memory(
     offload_frozen: bool = False,
     world_size: int = 1,
     fsdp: bool = False,
+    logit_copies: int = 4,
 ) -> MemoryEstimate:
     """§8: bytes per rank of one PPO-RLHF step for a Hugging Face model ``config``.
 
@@ -350,8 +351,10 @@ def estimate_memory(
     ``prompt_len + response_len`` tokens): per block ``a·d + b·ffn + 4·S + c·heads`` bytes per
     token (measured coefficients, ``_ACTIVATION_COEFFS``), times the number of blocks; with
     activation checkpointing only each block's float32 input (4·d per token) is kept, plus one
-    block's activations during its recompute. The response logits add float32 ``[b, T, V]``
-    tensors (about 4 of them: the logits, their float32 / temperature copies, the log-softmax).
+    block's activations during its recompute (the logits' tensors are freed before it). The
+    response logits add ``logit_copies`` float32 ``[b, T, V]`` tensors (4 for
+    ``response_logprobs`` with entropy: the logits, their / temperature copy, the log-softmax and
+    the softmax).
     KV cache at generation: 2 (K and V) · layers · batch · (P + T) · kv_heads · head_dim in the
     compute dtype. FSDP divides weights, gradients and Adam state by ``world_size`` and adds one
     gathered block; DDP adds its gradient buckets (one more copy of the gradients).
@@ -372,14 +375,15 @@ def estimate_memory(
         grads = trainable_params * 4 // shard
         weights = params * 4 // shard + (largest_block * 4 if fsdp else 0)  # FSDP: one gathered block
         block = _block_activation_bytes(dims, family, dtype, seq) * tokens
+        logits = logit_copies * 4 * micro_batch_size * response_len * dims["vocab"] if with_logits else 0
         if grad_checkpointing:
-            acts = dims["layers"] * 4 * dims["d"] * tokens + block
+            # Block inputs, plus the larger of the logits' tensors (freed first in the backward)
+            # and the one block being recomputed.
+            acts = dims["layers"] * 4 * dims["d"] * tokens + max(block, logits)
         else:
-            acts = dims["layers"] * block
+            acts = dims["layers"] * block + logits
         if dtype != "fp32":
             acts += params * 2  # autocast's 16-bit copies of the weights, saved by the matmuls
-        if with_logits:
-            acts += 4 * 4 * micro_batch_size * response_len * dims["vocab"]
         ddp_buckets = grads if world_size > 1 and not fsdp else 0
         return ModelMemory(weights=weights, grads=grads + ddp_buckets, optimizer=2 * grads, activations=acts)
 

@@ -1,0 +1,193 @@
+"""§8 memory: LoRA with the reference as the adapters-off base, activation checkpointing, the
+memory calculator against measured saved-activation bytes and peak resident memory, and
+gradient accumulation in one process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HELPERS = Path(__file__).resolve().parents[1] / "distributed"
+sys.path.insert(0, str(HELPERS))
+from scale_helpers import PolicyValue, grads, minibatch_loss, ppo_minibatch, select, tiny_policy  # noqa: E402
+
+from ppo_lab.llm.models import tiny_config  # noqa: E402
+from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches  # noqa: E402
+from ppo_lab.scale.memory import (add_lora, count_parameters, enable_activation_checkpointing,  # noqa: E402
+                                  estimate_memory, reference_model, saved_activation_bytes)
+from ppo_lab.scale.precision import Precision  # noqa: E402
+
+# --- gradient accumulation, one process --------------------------------------------------------
+
+
+def test_accumulated_micro_batches_equal_one_batch_with_uneven_lengths():
+    mb = ppo_minibatch(8)
+    lengths = mb["batch"].response_lengths
+    assert len(set(lengths.tolist())) > 2  # uneven responses: per-micro-batch means would differ
+    whole = PolicyValue(tiny_policy())
+    accumulated = copy.deepcopy(whole)
+    minibatch_loss(whole, mb)[0].backward()
+    stats = accumulate_gradients(accumulated, micro_batches(mb, 4), minibatch_loss)
+    want, got = grads(whole), grads(accumulated)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+    assert stats["loss"] == pytest.approx(minibatch_loss(copy.deepcopy(whole), mb)[1]["loss"], rel=1e-5)
+    # Negative control: the mean of the four micro-batch means is another gradient.
+    naive = copy.deepcopy(whole)
+    naive.zero_grad()
+    for part in micro_batches(mb, 4):
+        (minibatch_loss(naive, part)[0] / 4).backward()
+    diff = max((grads(naive)[k] - want[k]).abs().max().item() for k in want)
+    assert diff > 1e-3
+
+
+def test_micro_batches_must_divide():
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        micro_batches(ppo_minibatch(8), 3)
+
+
+# --- LoRA ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_trains_only_adapters_and_adapters_off_is_the_reference(arch):
+    reference = PolicyValue(tiny_policy(arch))
+    model = add_lora(copy.deepcopy(reference), r=4)
+    mb = ppo_minibatch()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        minibatch_loss(model, mb)[0].backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert with_grad and all("lora_" in n or "value_head" in n for n in with_grad), with_grad
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == with_grad
+        optimizer.step()
+    batch = mb["batch"]
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    with torch.no_grad():
+        want = reference.policy(**kwargs).logits
+        with reference_model(model) as ref:
+            off = ref(**kwargs).logits
+        on = model.policy(**kwargs).logits
+    assert torch.equal(off, want)  # the base weights, bit for bit: no second copy needed
+    assert (on - want).abs().max().item() > 1e-3  # the adapters did train
+
+
+def test_reference_model_needs_adapters_or_a_model():
+    with pytest.raises(ValueError, match="ref_model"):
+        with reference_model(tiny_policy()):
+            pass
+    with pytest.raises(ValueError, match="lora_r"):
+        add_lora(tiny_policy(), r=0)
+
+
+# --- activation checkpointing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_activation_checkpointing_same_gradients_fewer_saved_bytes(arch):
+    plain = PolicyValue(tiny_policy(arch))
+    plain.policy.config.resid_pdrop = 0.1  # dropout modules exist (GPT-2) and must stay off
+    checkpointed = enable_activation_checkpointing(copy.deepcopy(plain))
+    mb = ppo_minibatch()
+    _, plain_bytes = saved_activation_bytes(lambda: minibatch_loss(plain, mb)[0].backward(), exclude=plain)
+    _, ckpt_bytes = saved_activation_bytes(lambda: minibatch_loss(checkpointed, mb)[0].backward(),
+                                           exclude=checkpointed)
+    want, got = grads(plain), grads(checkpointed)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    assert ckpt_bytes < 0.8 * plain_bytes
+    assert not any(m.training for m in checkpointed.modules() if isinstance(m, torch.nn.Dropout))
+
+
+# --- the calculator ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_estimated_activations_match_saved_tensor_bytes(arch, dtype):
+    model = PolicyValue(tiny_policy(arch))
+    mb = ppo_minibatch(8)
+    precision = Precision(dtype)
+
+    def forward():
+        with precision.autocast():
+            return minibatch_loss(model, mb)
+
+    _, measured = saved_activation_bytes(forward, exclude=model)
+    B, T = mb["response_mask"].shape
+    estimate = estimate_memory(model.policy.config, micro_batch_size=B, prompt_len=mb["batch"].prompt_width,
+                               response_len=T, dtype=dtype, value_model="head")
+    assert estimate.policy.activations == pytest.approx(measured, rel=0.15)
+
+
+def test_parameter_counts_of_a_7b_config_on_the_meta_device():
+    from transformers import LlamaConfig
+
+    llama2_7b = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False)
+    total, trainable, block = count_parameters(llama2_7b)
+    assert total == 6_738_415_616 and trainable == total  # the published Llama-2-7B count
+    assert block == 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096
+    est = estimate_memory(llama2_7b, micro_batch_size=1, prompt_len=128, response_len=128, dtype="bf16",
+                          lora_r=16, value_model="head")
+    assert est.reference.weights == 0 and est.policy.grads < 0.01 * est.policy.weights
+
+
+PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from ppo_lab.llm.models import tiny_config, build_model, quiet_transformers
+from ppo_lab.llm.sequences import SequenceBatch
+from ppo_lab.scale.memory import enable_activation_checkpointing, estimate_memory, peak_rss_bytes
+from ppo_lab.scale.precision import Precision
+from scale_helpers import PolicyValue, minibatch_loss
+arch, dtype, ckpt = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+V, B, P, T = 2048, 4, 48, 48
+config = tiny_config(arch, V, n_layer=2, d_model=128, n_head=4, max_positions=P + T)
+g = torch.Generator().manual_seed(0)
+batch = SequenceBatch.from_parts(torch.randint(1, V, (B, P), generator=g), torch.ones(B, P, dtype=torch.long),
+                                 torch.randint(1, V, (B, T), generator=g), torch.full((B,), T))
+mb = {"batch": batch, "response_mask": batch.response_mask, "old_logprobs": torch.full((B, T), -8.0),
+      "advantages": torch.randn(B, T, generator=g), "returns": torch.randn(B, T, generator=g),
+      "old_values": torch.zeros(B, T)}
+precision = Precision(dtype)
+def run():
+    torch.manual_seed(0)
+    with quiet_transformers():
+        model = PolicyValue(build_model(config))
+    if ckpt:
+        enable_activation_checkpointing(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss, _ = minibatch_loss(model, mb)
+        precision.backward(loss)
+        precision.step(optimizer)
+run()  # once, so lazily allocated library buffers are not counted
+_, peak, before = peak_rss_bytes(run)
+est = estimate_memory(config, micro_batch_size=B, prompt_len=P, response_len=T, dtype=dtype,
+                      grad_checkpointing=ckpt, value_model="head")
+print(json.dumps({"measured": peak - before, "estimated": est.policy.static + est.value.static + est.policy.activations}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("arch, dtype, ckpt", [("gpt2", "fp32", "0"), ("llama", "bf16", "1")])
+def test_estimated_peak_within_15_percent_of_measured_resident_peak(arch, dtype, ckpt):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(HELPERS), arch, dtype, ckpt], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["estimated"] == pytest.approx(result["measured"], rel=0.15), result
