@@ -40,9 +40,9 @@ from ppo_lab.core import (AdaptiveKLController, FixedKLController, explained_var
                           gae_advantages, kl_estimate, masked_mean, masked_whiten, ppo_loss)
 
 from .logprobs import response_logprobs
-from .models import (PolicyWithValueHead, ValueHead, load_causal_lm, load_scalar_model,
-                     load_tokenizer, response_values, sampling_spec, scalar_model_from_causal_lm,
-                     sequence_scores, token_scalars)
+from .models import (ValueHead, load_causal_lm, load_scalar_model, load_tokenizer,
+                     quiet_transformers, response_values, sampling_spec,
+                     scalar_model_from_causal_lm, sequence_scores, token_scalars)
 from .rewards import clip_scores, mixture_ref_logprobs, per_token_rewards, whiten_scores
 from .rollout import generate
 from .sequences import SequenceBatch, left_pad
@@ -608,11 +608,12 @@ def _save(directory: Path, iteration, elapsed, config, policy, value_model, opti
     (the old one is renamed aside first and removed last, so a kill leaves one of the two)."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp / "policy")
-    if isinstance(value_model, ValueHead):
-        save_checkpoint(tmp / "value_head.pt", value_model.state_dict())
-    else:
-        value_model.save_pretrained(tmp / "value")
+    with quiet_transformers():
+        policy.save_pretrained(tmp / "policy")
+        if isinstance(value_model, ValueHead):
+            save_checkpoint(tmp / "value_head.pt", value_model.state_dict())
+        else:
+            value_model.save_pretrained(tmp / "value")
     save_checkpoint(tmp / "state.pt", {
         "iteration": iteration, "elapsed": elapsed, "config": config.to_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -637,11 +638,13 @@ def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ct
         if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
             raise ValueError(f"{f.name}: checkpoint {directory} was written with "
                              f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
-    policy.load_state_dict(type(policy).from_pretrained(directory / "policy").state_dict())
-    if isinstance(value_model, ValueHead):
-        value_model.load_state_dict(load_checkpoint(directory / "value_head.pt"))
-    else:
-        value_model.load_state_dict(type(value_model).from_pretrained(directory / "value").state_dict())
+    with quiet_transformers():
+        policy.load_state_dict(type(policy).from_pretrained(directory / "policy").state_dict())
+        if isinstance(value_model, ValueHead):
+            value_model.load_state_dict(load_checkpoint(directory / "value_head.pt"))
+        else:
+            value_model.load_state_dict(
+                type(value_model).from_pretrained(directory / "value").state_dict())
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     kl_ctl.value = state["kl_coef"]
