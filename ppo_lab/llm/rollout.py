@@ -74,7 +74,8 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
     Shapes: ``prompt_ids``, ``prompt_mask [B, P]`` → ``(batch [B, P + T], logprobs [B, T])``.
     A row stops at its first EOS (kept, counted in the length, ``batch.eos`` True) or after
     ``max_new_tokens`` (``eos`` False); later positions hold ``pad_token_id``. The loop stops as
-    soon as every row has ended. ``generator`` seeds the draws (reproducible on CPU).
+    soon as every row has ended. ``generator`` (on the model's device) seeds the draws
+    (reproducible on CPU).
     """
     _check_args(prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id)
     B = prompt_ids.shape[0]
@@ -160,5 +161,5 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     is_eos = tokens == eos_token_id
     ended = is_eos.any(1)
     lengths = torch.where(ended, is_eos.float().argmax(1) + 1, tokens.shape[1])
-    tokens = torch.where(torch.arange(tokens.shape[1]) < lengths[:, None], tokens, pad_token_id)
+    tokens = torch.where(torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None], tokens, pad_token_id)
     return _finish(prompt_ids, prompt_mask, tokens, logprobs, lengths, ended)

@@ -5,7 +5,8 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from llm_helpers import ARCHS, random_batch, tiny_model_dir, tiny_tokenizer
 from ppo_lab.llm import (
@@ -22,7 +23,7 @@ from ppo_lab.llm import (
     tiny_config,
     token_scalars,
 )
-from ppo_lab.llm.models import quiet_transformers
+from ppo_lab.llm.models import ensure_pad_token, quiet_transformers
 
 TOL = dict(rtol=0, atol=1e-5)
 
@@ -41,16 +42,10 @@ def test_a_tokenizer_without_pad_gets_pad_eq_eos_with_a_message(caplog):
     with caplog.at_level(logging.WARNING, logger="ppo_lab.llm.models"):
         tokenizer = load_tokenizer(directory)
     assert tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.padding_side == "left"
-    from tokenizers import Tokenizer, models
-
-    from transformers import PreTrainedTokenizerFast
-
     raw = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="a")),
                                   eos_token="<eos>")
     assert raw.pad_token_id is None
     with caplog.at_level(logging.WARNING, logger="ppo_lab.llm.models"):
-        from ppo_lab.llm.models import ensure_pad_token
-
         ensure_pad_token(raw)
     assert raw.pad_token_id == 0 and "no pad token" in caplog.text
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_helpers import ARCHS, random_batch, tiny_model, tiny_tokenizer
-from ppo_lab.llm import SamplingSpec, generate, hf_generate, response_logprobs, sampling_spec
+from ppo_lab.llm import SamplingSpec, SequenceBatch, generate, hf_generate, response_logprobs, sampling_spec
 
 TOL = dict(rtol=0, atol=1e-5)
 
@@ -82,8 +82,6 @@ def test_the_models_generation_config_is_overridden(top_k):
                          output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
     tokens = out.sequences[:, ids.shape[1]:]
     naive = torch.log_softmax(torch.stack(out.scores, 1), -1).gather(-1, tokens[..., None]).squeeze(-1)
-    from ppo_lab.llm import SequenceBatch
-
     batch = SequenceBatch.from_parts(ids, mask, tokens, torch.full((len(ids),), 12))
     assert (naive - scored(model, batch, SamplingSpec())).abs().max() > 1e-2
 
