@@ -233,13 +233,14 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)  # sampling, prompt and minibatch order
+    generator = torch.Generator().manual_seed(config.seed)  # prompt and minibatch order
 
     # 0. Prompts, models, optimiser, schedules.
     prompts = _prompts(config)
     tokenizer, policy, ref_model, reward_model, value_model = _load_models(
         config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
     device = next(policy.parameters()).device
+    sampler = torch.Generator(device).manual_seed(config.seed)  # the responses' tokens
     spec = sampling_spec(tokenizer, config.temperature)
     gold = ReviewTask().gold_rewards if config.gold else None
     params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
@@ -251,7 +252,8 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     first = 0
     if config.resume and (Path(config.out_dir) / CHECKPOINT_DIR).exists():
         first, elapsed = _restore(Path(config.out_dir) / CHECKPOINT_DIR, config, policy,
-                                  value_model, optimizer, scheduler, kl_ctl, generator, result)
+                                  value_model, optimizer, scheduler, kl_ctl, (generator, sampler),
+                                  result)
         start_time -= elapsed
     eval_prompts = ReviewTask().prompts(config.eval_prompts, seed=config.task_seed + 1) \
         if config.eval_every and not config.prompts else prompts[: config.eval_prompts]
@@ -274,7 +276,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
                 policy, prompt_ids.to(device), prompt_mask.to(device), spec,
                 max_new_tokens=config.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
-                pad_token_id=tokenizer.pad_token_id, generator=generator)
+                pad_token_id=tokenizer.pad_token_id, generator=sampler)
         _check_rollout(batch)
         t1 = time.perf_counter()
 
@@ -343,7 +345,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
                                         or iteration + 1 == config.iterations):
             _save(Path(config.out_dir) / CHECKPOINT_DIR, iteration + 1,
                   time.perf_counter() - start_time, config, policy, value_model, optimizer,
-                  scheduler, kl_ctl, generator, result)
+                  scheduler, kl_ctl, (generator, sampler), result)
     bar.close()
     if config.eval_every and (not result.evals or result.evals[-1]["iteration"] != config.iterations):
         result.evals.append({"iteration": config.iterations, **evaluate(
@@ -585,7 +587,7 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
                                max_new_tokens=config.max_new_tokens,
                                eos_token_id=tokenizer.eos_token_id if config.stop_at_eos else None,
                                pad_token_id=tokenizer.pad_token_id,
-                               generator=torch.Generator().manual_seed(seed))
+                               generator=torch.Generator(device).manual_seed(seed))
     scores = _score(batch, list(prompts), tokenizer, reward_model, reward_fn,
                     config.replace(whiten_scores=False, clip_scores=None))
     out = {"scores": float(scores.mean()),
@@ -603,7 +605,7 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
 # --- checkpoints: models with save_pretrained, the rest in one atomic state file ---------------
 
 def _save(directory: Path, iteration, elapsed, config, policy, value_model, optimizer, scheduler,
-          kl_ctl, generator, result) -> None:
+          kl_ctl, generators, result) -> None:
     """Write ``directory`` atomically: a fresh sibling directory is filled, then renamed over it
     (the old one is renamed aside first and removed last, so a kill leaves one of the two)."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -617,7 +619,8 @@ def _save(directory: Path, iteration, elapsed, config, policy, value_model, opti
     save_checkpoint(tmp / "state.pt", {
         "iteration": iteration, "elapsed": elapsed, "config": config.to_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "kl_coef": kl_ctl.value, "rng": get_rng_state(), "generator": generator.get_state(),
+        "kl_coef": kl_ctl.value, "rng": get_rng_state(),
+        "generators": [g.get_state() for g in generators],
         "history": result.history, "evals": result.evals})
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -627,7 +630,7 @@ def _save(directory: Path, iteration, elapsed, config, policy, value_model, opti
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ctl, generator,
+def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ctl, generators,
              result) -> tuple[int, float]:
     old = directory.with_name(directory.name + ".old")
     if not (directory / "state.pt").exists() and old.exists():  # killed between the two renames
@@ -649,6 +652,7 @@ def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ct
     scheduler.load_state_dict(state["scheduler"])
     kl_ctl.value = state["kl_coef"]
     set_rng_state(state["rng"])
-    generator.set_state(state["generator"])
+    for g, saved_state in zip(generators, state["generators"]):
+        g.set_state(saved_state)
     result.history[:], result.evals[:] = state["history"], state["evals"]
     return state["iteration"], state["elapsed"]
