@@ -2,6 +2,7 @@
 
     ppo-lab doctor              what this machine can run: torch, CUDA, devices, precisions, toolchain
     ppo-lab train ENV [FLAGS]   train PPO on a gymnasium task (cartpole, pendulum); see `ppo-lab train --help`
+    ppo-lab rlhf STAGE PRESET   train a language model's RLHF stages (sft, rm, ...); see `ppo-lab rlhf --help`
     ppo-lab --version
 """
 
@@ -100,6 +101,12 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.train_args)
 
 
+def _rlhf(args: argparse.Namespace) -> int:
+    from ppo_lab.llm.cli import main as rlhf_main
+
+    return rlhf_main(args.rlhf_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppo-lab",
@@ -129,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("train_args", nargs=argparse.REMAINDER, help="preset name and its flags")
     train.set_defaults(func=_train)
+
+    rlhf = sub.add_parser(
+        "rlhf",
+        help="train a language model's RLHF stages: `ppo-lab rlhf sft|rm tiny [FLAGS]`",
+        description="Train the RLHF stages of a causal language model (SFT, reward model, ...). "
+        "`ppo-lab rlhf --help` lists the stages.",
+        add_help=False,
+    )
+    rlhf.add_argument("rlhf_args", nargs=argparse.REMAINDER, help="stage, preset and flags")
+    rlhf.set_defaults(func=_rlhf)
     return parser
 
 
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         # Everything after `train` (its own --help included) belongs to the trainer's CLI.
         return _train(argparse.Namespace(train_args=argv[1:]))
+    if argv and argv[0] == "rlhf":  # likewise for the language-model stages
+        return _rlhf(argparse.Namespace(rlhf_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

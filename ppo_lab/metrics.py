@@ -104,6 +104,19 @@ _ALL = (
     Metric("env/episode_length", "回合长度", "Length in steps of the episodes that finished in the rollout."),
     Metric("optim/grad_norm", "梯度范数", "Global L2 norm of the gradient before clipping."),
     Metric("optim/learning_rate", "学习率", "The optimizer's learning rate at this update."),
+    Metric("sft/loss", "SFT 损失", "Mean negative log-likelihood per real response token of the SFT minibatch, in nats."),
+    Metric(
+        "sft/eval_loss", "SFT 验证损失", "The SFT loss on held-out demonstrations.",
+        outside="Rising while sft/loss falls means the model memorises the demonstrations (overfitting).",
+    ),
+    Metric("reward/loss", "奖励模型损失", "Bradley–Terry loss −mean log σ(r_w − r_l) of the reward model's minibatch of preference pairs."),
+    Metric("reward/accuracy", "奖励模型准确率", "Fraction of the minibatch's pairs with r_w > r_l (against the pairs' labels, noise included)."),
+    Metric("reward/margin", "奖励差", "Mean r_w − r_l over the minibatch's preference pairs."),
+    Metric(
+        "reward/eval_accuracy", "奖励模型验证准确率",
+        "Fraction of held-out pairs the reward model orders as the noise-free gold reward does (review task), or as labelled (a user's data).",
+        low=0.5, outside="At or below 0.5 the reward model is no better than a coin: PPO against it optimises noise.",
+    ),
 )
 
 METRICS: dict[str, Metric] = {m.key: m for m in _ALL}
@@ -137,6 +150,7 @@ BOOKKEEPING: dict[str, str] = {
     "time/score": "Seconds spent scoring and on reference log-probs, values, rewards and GAE (stages 2–5).",
     "time/train": "Seconds spent in the PPO epochs (stage 6).",
     "time/iteration": "Seconds of stages 1–6 of the iteration.",
+    "step": "1-based optimizer step of SFT or reward-model training the row reports.",
 }
 
 
