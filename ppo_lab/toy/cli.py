@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import gymnasium as gym
 import tyro
 
 from ppo_lab.runs import write_run_files
@@ -42,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = config.replace(run_dir=str(Path("runs") / f"{preset}-seed{config.seed}-{stamp}"))
-    result = train(config, progress=True)
+    try:
+        result = train(config, progress=True)
+    except gym.error.DependencyNotInstalled as error:  # e.g. a MuJoCo task without ppo-lab[mujoco]
+        print(f"ppo-lab train: error: {error}", file=sys.stderr)
+        return 2
     command = "ppo-lab train " + " ".join(argv)
     write_run_files(result, config.run_dir, command)
     last = [e["return"] for e in result.episodes[-20:]]

@@ -4,8 +4,8 @@ head for continuous ones, with a separate or a shared trunk.
 Shapes: ``obs`` is ``[B, obs_dim]``; discrete ``actions`` are ``[B]`` (int64), continuous ones
 ``[B, action_dim]``; ``logprobs``, ``entropy`` and ``values`` are ``[B]``.
 
-Implementation details (numbered as in the book's checklist, after Huang et al. 2022,
-"The 37 Implementation Details of PPO"):
+Implementation details (numbered as in the book's implementation-details appendix, after
+Huang et al. 2022, "The 37 Implementation Details of PPO"):
 
 - detail 2: orthogonal weights, zero biases; gain √2 for hidden layers, 0.01 for the policy
   output (so the initial policy is close to uniform / its mean close to 0), 1 for the value

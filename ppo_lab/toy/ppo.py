@@ -8,9 +8,10 @@
            with normalised advantages, clipped gradients, and an early stop on KL
       4. anneal the learning rate (and ε); log; checkpoint
 
-Every switch the chapter ablates is a field of :class:`PPOConfig`. Implementation details are
-numbered as in the book's checklist after Huang et al. 2022, "The 37 Implementation Details of
-Proximal Policy Optimization" (ICLR blog track); the loss itself is shared with the LLM trainer.
+Every switch the chapter and the implementation-details appendix ablate is a field of
+:class:`PPOConfig`. Implementation details are numbered as in that appendix, after Huang et al.
+2022, "The 37 Implementation Details of Proximal Policy Optimization" (ICLR blog track); the
+loss itself is shared with the LLM trainer.
 """
 
 from __future__ import annotations
@@ -190,6 +191,18 @@ PRESETS: dict[str, tuple[str, PPOConfig]] = {
         env_id="CartPole-v1", total_timesteps=100_000, num_envs=16, num_steps=32,
         num_minibatches=2, ppo_epochs=6, learning_rate=7e-3, gamma=0.98, gae_lambda=0.8,
         clip_eps=None, kl_penalty=True, kl_coef=1.0, kl_target=0.01)),
+    "hopper": ("Hopper-v4 (MuJoCo: pip install 'ppo-lab[mujoco]') with CleanRL's "
+               "ppo_continuous_action.py settings", PPOConfig(
+        # CleanRL ppo_continuous_action.py: 1 env x 2048 steps, 32 minibatches x 10 epochs,
+        # learning rate 3e-4 annealed, γ 0.99, λ 0.95, ε 0.2, value clipping 0.2 (clip_vloss),
+        # no entropy bonus, value coefficient 0.5 on a ½-squared error (as here), gradient norm
+        # 0.5, Adam eps 1e-5; observations normalised and clipped to ±10, rewards scaled by the
+        # discounted return's std and clipped to ±10. One difference remains: CleanRL treats a
+        # time-limit truncation as a termination; ppo_lab bootstraps it (§4.5).
+        env_id="Hopper-v4", total_timesteps=1_000_000, num_envs=1, num_steps=2048,
+        num_minibatches=32, ppo_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
+        clip_eps=0.2, vf_clip_eps=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
+        normalize_obs=True, clip_obs=10.0, normalize_reward=True, clip_reward=10.0)),
 }
 
 

@@ -22,6 +22,7 @@ when it has one (CartPole: all sub-envs stepped by one array operation), else ``
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,10 +70,15 @@ def make_vector_env(
     ``NormalizeReward`` (rewards divided by the running std of the discounted return —
     continuous detail 8 in Huang et al. 2022; it keeps the value targets of order 1).
     ``clip_obs`` / ``clip_reward`` clip what the normalisers return to [−c, c] (continuous
-    details 7 and 9; CleanRL and SB3's ``VecNormalize`` use c = 10); None leaves it unclipped.
+    detail 7 and continuous detail 9; CleanRL and SB3's ``VecNormalize`` use c = 10); None
+    leaves it unclipped.
     """
     if vectorization_mode not in ("auto", "vector_entry_point", "sync", "async"):
         raise ValueError(f"vectorization_mode: unknown mode {vectorization_mode!r}")
+    if str(gym.spec(env_id).entry_point).startswith("gymnasium.envs.mujoco") and not _installed("mujoco"):
+        raise gym.error.DependencyNotInstalled(
+            f"env_id: {env_id!r} is a MuJoCo task and MuJoCo is not installed; install it with "
+            "pip install 'ppo-lab[mujoco]' (gymnasium[mujoco])")
     vector_kwargs = {}
     if vectorization_mode in ("sync", "async") or (
         vectorization_mode == "auto" and gym.spec(env_id).vector_entry_point is None
@@ -99,6 +105,14 @@ def make_vector_env(
     if clip_reward is not None:
         envs = ClipReward(envs, -clip_reward, clip_reward)
     return envs
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or sys.modules[module] is None
+        return False
 
 
 @dataclass
