@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 IMPLS = {"loop", "batched", "naive_full"}
 SAMPLERS = {"own_loop", "model_generate"}
@@ -58,6 +60,7 @@ def check_record(record: dict) -> None:
     assert summary["all_within_tolerance"] is True
 
 
+@pytest.mark.slow  # ~25 s: two architectures, a fresh interpreter importing transformers
 def test_llm_logprobs_benchmark_quick_run(tmp_path):
     out = tmp_path / "llm_logprobs.json"
     done = subprocess.run([sys.executable, "benchmarks/llm_logprobs.py", "--quick", "--out", str(out)],
