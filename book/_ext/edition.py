@@ -73,12 +73,29 @@ def edition_name(docname: str) -> str:
     return f"appendix_{parts[2]}" if parts[1] == "appendix" else parts[1]
 
 
+def _toc_docs(root: Path) -> set[str]:
+    """Every document ``_toc.yml`` lists (the book builds only those: only_build_toc_files)."""
+    import yaml
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                yield entry["file"]
+            yield from walk(entry.get("chapters"))
+            yield from walk(entry.get("sections"))
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text("utf-8"))
+    return {toc["root"], *walk(toc.get("parts")), *walk(toc.get("chapters"))}
+
+
 def edition_docs(root: Path = ROOT) -> dict[str, str]:
     """Every document of the edition, ``{docname: edition name}``: the chapters and appendices
-    with code, in the order of their folders."""
+    in ``_toc.yml`` that hold code, in the order of their folders."""
+    listed = _toc_docs(root)
     return {
-        (d := md.relative_to(root).with_suffix("").as_posix()): edition_name(d)
+        d: edition_name(d)
         for md in chapter_sources(root)
+        if (d := md.relative_to(root).with_suffix("").as_posix()) in listed
     }
 
 

@@ -58,6 +58,8 @@ def test_edition_cells_run_as_the_chapter_does(committed):
     markdown) and the listings (fenced markdown); no outputs; the Colab install cell first."""
     docs = edition.edition_docs()
     for docname, name in docs.items():
+        if f"{name}.ipynb" not in committed:
+            continue  # reported by test_edition_has_one_notebook_per_chapter_with_code
         nb = committed[f"{name}.ipynb"]
         chapter = _sphinx_source(docname)
         expected = [c.source.strip() for c in chapter.cells
@@ -76,6 +78,8 @@ def test_every_listing_is_valid_python_markdown(committed):
     """literalinclude listings are fenced Markdown whose code parses (a :pyobject: method is
     dedented) — and there is at least one per chapter that had one."""
     for docname, name in edition.edition_docs().items():
+        if f"{name}.ipynb" not in committed:
+            continue  # reported by test_edition_has_one_notebook_per_chapter_with_code
         source = "".join(c.source for c in _sphinx_source(docname).cells if c.cell_type == "markdown")
         listings = [c.source for c in committed[f"{name}.ipynb"].cells
                     if c.cell_type == "markdown" and c.source.startswith("```python\n")]
@@ -229,3 +233,15 @@ def test_edition_config_adds_the_builder_and_keeps_the_book_config():
     html_config = yaml.safe_load((ROOT / "_config.yml").read_text("utf-8"))
     assert "sphinx_tojupyter" not in (html_config["sphinx"].get("extra_extensions") or [])
     assert re.fullmatch(r"\d+\.\d+(\.\d+)?", __import__("ppo_lab").__version__)
+
+
+def test_edition_holds_the_toc_chapters_with_code(tmp_path):
+    """A chapter with code that _toc.yml does not list yet (the book skips it) is not in the
+    edition; a page without code cells is not either."""
+    for folder, body in (("01_a", "```{code-cell} ipython3\nx = 1\n```"), ("02_b", "```{code-cell} ipython3\ny = 2\n```"),
+                         ("appendix", "no code")):
+        (tmp_path / "book" / folder).mkdir(parents=True)
+        (tmp_path / "book" / folder / "page.md").write_text(f"# T\n\n{body}\n", "utf-8")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/01_a/page\nparts:\n  - chapters:\n      - file: book/appendix/page\n", "utf-8")
+    assert edition.edition_docs(tmp_path) == {"book/01_a/page": "01_a"}
