@@ -6,9 +6,12 @@
 Both sides train the same tiny GPT-2 (2 layers, d = 128, 4 heads, vocabulary 2048), from the same
 initial weights written once by this script: a policy, a reference copy of it, a reward model and
 a separate value model initialised from the reward model, as TRL's PPO example sets them up.
-Batch 32 prompts of 16 tokens, responses of exactly 32 tokens (no stop token: TRL
-``stop_token=None``, ppo_lab ``stop_at_eos=False``), temperature 0.7, 4 PPO epochs of one
-minibatch, fp32, k1 KL to the reference with a fixed β = 0.05, no sample generations.
+Batch 32 prompts of 16 tokens, responses of 32 tokens, temperature 0.7, 4 PPO epochs of one
+minibatch, fp32, k1 KL to the reference with a fixed β = 0.05, no sample generations. TRL runs
+with no stop token (``stop_token=None``); ppo_lab stops a row at EOS, which the random initial
+policy samples with probability about 1/2048 per token: its sampler still runs all 32 steps for
+the batch and every later pass has width 32, so the work is the same (the rows' mean response
+length is recorded).
 
 TRL is installed by this script into its own virtual environment (``--trl-venv``, default
 ``~/.cache/ppo-lab-bench/trl-1.12.0``): later TRL releases removed this PPO trainer, and the
@@ -167,7 +170,7 @@ def worker_ppo_lab(assets: Path, settings: dict, iterations: int) -> dict:
         prompts=str(assets / "prompts.jsonl"), value_design="separate", value_init="reward",
         iterations=iterations, batch_size=settings["batch_size"],
         num_minibatches=settings["num_minibatches"], ppo_epochs=settings["ppo_epochs"],
-        max_new_tokens=settings["response_length"], stop_at_eos=False,
+        max_new_tokens=settings["response_length"],
         temperature=settings["temperature"], kl_coef=settings["kl_coef"], adaptive_kl=False,
         learning_rate=settings["learning_rate"], warmup_iterations=0, anneal_lr=True,
         clip_eps=settings["clip_eps"], vf_clip_eps=settings["vf_clip_eps"],
@@ -178,7 +181,7 @@ def worker_ppo_lab(assets: Path, settings: dict, iterations: int) -> dict:
     rows = [{"generate": r["time/generate"], "score": r["time/score"], "train": r["time/train"],
              "total": r["time/iteration"]} for r in result.history]
     return {"iterations": rows, "peak_rss_mb": _rss_mb(), "rss_after_imports_mb": rss_before,
-            "response_tokens": [r["response/length"] for r in result.history]}
+            "response_length": [r["response/length"] for r in result.history]}
 
 
 def worker_trl(assets: Path, settings: dict, iterations: int) -> dict:
@@ -249,7 +252,7 @@ def worker_trl(assets: Path, settings: dict, iterations: int) -> dict:
     rss_before = _rss_mb()
     trainer.train()
     return {"iterations": rows, "peak_rss_mb": _rss_mb(), "rss_after_imports_mb": rss_before,
-            "response_tokens": [settings["response_length"]] * len(rows)}
+            "response_length": [settings["response_length"]] * len(rows)}
 
 
 # --- orchestration -------------------------------------------------------------------------
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = run_side(sides[side], side, assets, settings, args.iterations + 1)
                 for i, timing in enumerate(out["iterations"][1:], start=1):  # 0 is the warm-up
                     rows.append({"side": side, "round": round_, "iteration": i, **timing,
+                                 "response_length": out["response_length"][i],
                                  "peak_rss_mb": round(out["peak_rss_mb"], 1),
                                  "rss_after_imports_mb": round(out["rss_after_imports_mb"], 1)})
                 print(f"round {round_} {side}: "
