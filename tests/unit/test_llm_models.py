@@ -48,6 +48,16 @@ def test_a_tokenizer_without_pad_gets_pad_eq_eos_with_a_message(caplog):
     with caplog.at_level(logging.WARNING, logger="ppo_lab.llm.models"):
         ensure_pad_token(raw)
     assert raw.pad_token_id == 0 and "no pad token" in caplog.text
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    with pytest.raises(ValueError, match="tokenizer"):
+        ensure_pad_token(bare)
+
+
+def test_a_scalar_model_with_more_than_one_label_is_refused(tmp_path):
+    with quiet_transformers():
+        AutoModelForSequenceClassification.from_pretrained(tiny_model_dir("gpt2"), num_labels=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=2"):
+        load_scalar_model(tmp_path)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -76,6 +76,8 @@ def test_select_and_to_keep_the_layout():
         (lambda: SequenceBatch.from_token_lists([[1], [2]], [[2], []], PAD), "responses"),
         (lambda: SequenceBatch.from_parts(torch.ones(2, 2, dtype=torch.long), torch.tensor([[1, 1], [0, 0]]),
                                           torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 1])), "prompt_mask"),
+        (lambda: SequenceBatch.from_parts(torch.ones(2, 2, dtype=torch.long), torch.ones(2, 3),
+                                          torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 1])), "prompt_mask"),
         (lambda: SequenceBatch(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long), 4,
                                torch.ones(2, 0, dtype=torch.bool), torch.zeros(2), torch.zeros(2)), "prompt_width"),
         (lambda: SequenceBatch(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), 2,
