@@ -13,6 +13,7 @@ far more than the tests' tolerances).
 from __future__ import annotations
 
 import functools
+import math
 import tempfile
 from pathlib import Path
 
@@ -83,3 +84,28 @@ def random_batch(tokenizer, *, batch: int = 4, seed: int = 0, max_prompt: int = 
         responses.append(pick(n - 1) + [tokenizer.eos_token_id] if b in eos_rows else pick(n))
     responses[-1] = pick(max_response)  # one row fills the width
     return SequenceBatch.from_token_lists(prompts, responses, tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def loop_per_token_rewards(scores, logprobs, ref_logprobs, lengths, kl_coef, kl_kind="k1"):
+    """Slow twin of ``per_token_rewards``: Python floats, one token at a time, Eq. written out."""
+    B, T = logprobs.shape
+    rewards = [[0.0] * T for _ in range(B)]
+    kls = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        for t in range(int(lengths[b])):
+            d = float(logprobs[b, t]) - float(ref_logprobs[b, t])
+            kls[b][t] = d if kl_kind == "k1" else math.exp(-d) - 1 + d
+            rewards[b][t] = -kl_coef * kls[b][t] + (float(scores[b]) if t == int(lengths[b]) - 1 else 0.0)
+    return torch.tensor(rewards), torch.tensor(kls)
+
+
+def loop_position_ids(attention_mask):
+    """Slow twin of ``position_ids_from_mask``: count real tokens left to right."""
+    out = []
+    for row in attention_mask.tolist():
+        seen, positions = 0, []
+        for m in row:
+            seen += m
+            positions.append(max(seen - 1, 0))  # a padding slot repeats the last real position
+        out.append(positions)
+    return torch.tensor(out)

@@ -5,6 +5,9 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
+
+from llm_helpers import loop_per_token_rewards
 
 from ppo_lab.llm import (
     bradley_terry_loss,
@@ -72,6 +75,21 @@ def test_kl_penalty_per_token_and_its_direction(kl_kind):
     up = torch.full((1, 2), -0.5), torch.full((1, 2), -2.0)
     _, kl_up = per_token_rewards(torch.zeros(1), *up, torch.ones(1, 2, dtype=torch.bool), torch.tensor([2]), 1.0, kl_kind)
     assert (kl_up > 0).all()
+
+
+@settings(deadline=None, max_examples=30, derandomize=True)
+@given(B=st.integers(1, 5), T=st.integers(1, 7), seed=st.integers(0, 2**31 - 1), kl_kind=st.sampled_from(["k1", "k3"]),
+       kl_coef=st.floats(0.0, 2.0))
+def test_per_token_rewards_equal_the_loop_twin(B, T, seed, kl_kind, kl_coef):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    mask = response_mask_from_lengths(lengths, T)
+    logprobs, ref_logprobs = -3 * torch.rand(B, T, generator=gen), -3 * torch.rand(B, T, generator=gen)
+    scores = torch.randn(B, generator=gen)
+    rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, lengths, kl_coef, kl_kind)
+    slow_rewards, slow_kl = loop_per_token_rewards(scores, logprobs, ref_logprobs, lengths, kl_coef, kl_kind)
+    torch.testing.assert_close(rewards, slow_rewards, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl, slow_kl, rtol=1e-5, atol=1e-6)
 
 
 def test_expected_k1_is_kl_of_policy_to_reference():

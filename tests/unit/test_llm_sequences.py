@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
+
+from llm_helpers import loop_position_ids
 
 from ppo_lab.llm import (
     SequenceBatch,
@@ -20,6 +23,16 @@ def test_left_pad_by_hand():
     assert ids.tolist() == [[1, 2, 3], [PAD, PAD, 4], [PAD, 5, 6]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert position_ids_from_mask(mask).tolist() == [[0, 1, 2], [0, 0, 0], [0, 0, 1]]
+
+
+@settings(deadline=None, max_examples=40, derandomize=True)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5), extra=st.integers(0, 3))
+def test_left_padded_positions_equal_the_loop_twin(lengths, extra):
+    ids, mask = left_pad([[7] * n for n in lengths], PAD)
+    mask = torch.cat([mask, torch.zeros(len(lengths), extra, dtype=torch.long)], 1)  # right padding too
+    assert torch.equal(position_ids_from_mask(mask), loop_position_ids(mask))
+    for row, n in zip(position_ids_from_mask(mask), lengths):  # real tokens count 0, 1, ..., n - 1
+        assert row[mask.shape[1] - extra - n : mask.shape[1] - extra].tolist() == list(range(n))
 
 
 def test_right_pad_by_hand():
