@@ -26,6 +26,7 @@ import functools
 import inspect
 
 import torch
+from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ppo_lab.core import logprobs_from_logits
@@ -35,7 +36,10 @@ from .models import SamplingSpec
 from .sequences import SequenceBatch, position_ids_from_mask
 
 
-def _check_args(prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id) -> None:
+def _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id) -> None:
+    if model.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise ValueError("model: is in training mode with dropout on, so the sampled distribution is not the "
+                         "one any later pass scores; call model.eval() before sampling")
     if prompt_ids.dim() != 2 or prompt_ids.is_floating_point() or prompt_ids.shape[1] == 0:
         raise ValueError(f"prompt_ids: expected integer ids [B, P], got {prompt_ids.dtype} {tuple(prompt_ids.shape)}")
     if prompt_mask.shape != prompt_ids.shape:
@@ -81,7 +85,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
     soon as every row has ended. ``generator`` (on the model's device) seeds the draws
     (reproducible on CPU).
     """
-    _check_args(prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id)
+    _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id)
     B = prompt_ids.shape[0]
     device = prompt_ids.device
     mask = prompt_mask.long()  # (B, P + t): grows by one column per step
@@ -148,7 +152,7 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     give the sampled tokens' log-probs. A model whose ``generation_config`` sets a field that
     cannot be switched off (``UNMATCHABLE``) is a ``ValueError``.
     """
-    _check_args(prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id)
+    _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_id, pad_token_id)
     own = getattr(model, "generation_config", None)
     leaks = [f for f in UNMATCHABLE if own is not None and getattr(own, f, None) not in (None, [], {})]
     if leaks:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llm_helpers import ARCHS, random_batch, tiny_model, tiny_tokenizer
-from ppo_lab.llm import SamplingSpec, SequenceBatch, generate, hf_generate, response_logprobs, sampling_spec
+from ppo_lab.llm import (SamplingSpec, SequenceBatch, build_model, generate, hf_generate, response_logprobs,
+                         sampling_spec, tiny_config)
 
 TOL = dict(rtol=0, atol=1e-5)
 
@@ -151,6 +152,22 @@ def test_bad_input_is_a_value_error_naming_the_argument(fn, overrides, name):
     args = _bad(**overrides)
     with pytest.raises(ValueError, match=name):
         fn(args.pop("model"), args.pop("prompt_ids"), args.pop("prompt_mask"), args.pop("spec"), **args)
+
+
+@pytest.mark.parametrize("fn", [generate, hf_generate], ids=["own_loop", "model.generate"])
+def test_sampling_with_dropout_on_is_refused(fn):
+    args = _bad()
+    args.pop("model")
+    tokenizer = tiny_tokenizer(False)
+    config = tiny_config("gpt2", len(tokenizer), n_layer=1, d_model=16, n_head=2)  # dropout 0 ...
+    config.resid_pdrop = 0.1  # ... but this one has some
+    model = build_model(config).train()
+    with pytest.raises(ValueError, match="model"):
+        fn(model, args.pop("prompt_ids"), args.pop("prompt_mask"), args.pop("spec"), **args)
+    args = _bad()  # training mode without dropout samples as eval mode does
+    model = args.pop("model").train()
+    run(generate, model, tokenizer, args["spec"], max_new_tokens=2)
+    model.eval()
 
 
 def test_model_generate_refuses_what_it_cannot_switch_off():
