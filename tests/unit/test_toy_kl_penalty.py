@@ -1,15 +1,14 @@
 """The KL-penalty variant of PPO in ppo_lab.toy.ppo (L^KLPEN, Schulman et al. 2017 §4): the
-β rule by hand, the term in the loss, β in the log and in the checkpoint, the preset."""
+β rule by hand, the term in the loss, β in the log, the preset (β in the checkpoint:
+test_toy_ppo.py::test_resume_in_process_matches[kl-penalty])."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
-import ppo_lab.toy.ppo as ppo_module
-from ppo_lab.toy.ppo import CHECKPOINT_NAME, PRESETS, PPOConfig, adapt_kl_coef, train
+from ppo_lab.toy.ppo import PRESETS, PPOConfig, adapt_kl_coef, train
 
 SMALL = PPOConfig(env_id="CartPole-v1", seed=3, total_timesteps=2048, num_envs=4, num_steps=64,
                   num_minibatches=4, ppo_epochs=4, learning_rate=3e-3)
@@ -70,31 +69,3 @@ def test_preset_is_the_tuned_cartpole_with_the_penalty_instead_of_clipping():
     changed = {k for k, v in klpen.to_dict().items() if clipped.to_dict()[k] != v}
     assert changed == {"clip_eps", "kl_penalty"}
     assert klpen.clip_eps is None and klpen.kl_penalty and klpen.kl_target == 0.01
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def test_resume_restores_beta(tmp_path, monkeypatch):
-    """β is part of the checkpoint: a resumed KL-penalty run ends with the same weights."""
-    full = train(KLPEN)
-    config = KLPEN.replace(run_dir=str(tmp_path), checkpoint_every=2)
-    real_save = ppo_module._save
-
-    def save_then_stop(path, update, *args):
-        real_save(path, update, *args)
-        if update == 4:
-            raise _Interrupted
-
-    monkeypatch.setattr(ppo_module, "_save", save_then_stop)
-    with pytest.raises(_Interrupted):
-        train(config)
-    monkeypatch.setattr(ppo_module, "_save", real_save)
-    saved = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
-    assert saved["kl_coef"] == full.history[4]["objective/kl_coef"]  # the β update 5 will use
-    resumed = train(config.replace(resume=True))
-    assert [r["objective/kl_coef"] for r in resumed.history] == [
-        r["objective/kl_coef"] for r in full.history]
-    for key, value in resumed.agent.state_dict().items():
-        assert torch.equal(value, full.agent.state_dict()[key]), key

@@ -183,10 +183,12 @@ class _Interrupted(Exception):
     pass
 
 
-def test_resume_in_process_matches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("base", [SMALL, SMALL.replace(clip_eps=None, kl_penalty=True)],
+                         ids=["clipped", "kl-penalty"])  # the KL penalty's β is checkpointed too
+def test_resume_in_process_matches(tmp_path, monkeypatch, base):
     """Stop a run right after its checkpoint at update 4 of 8, resume it: same final weights."""
-    full = train(SMALL)
-    config = SMALL.replace(run_dir=str(tmp_path), checkpoint_every=2)
+    full = train(base)
+    config = base.replace(run_dir=str(tmp_path), checkpoint_every=2)
     real_save = ppo_module._save
 
     def save_then_stop(path, update, *args):
