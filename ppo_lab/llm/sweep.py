@@ -63,7 +63,7 @@ class SweepConfig(ConfigBase):
 
 SWEEP_PRESETS: dict[str, tuple[str, SweepConfig]] = {
     "tiny": ("the review task: the committed tiny SFT policy and reward model, 4 β x 3 seeds",
-             SweepConfig(ppo=PRESETS["tiny"][1].replace(iterations=80, eval_every=10,
+             SweepConfig(ppo=PRESETS["tiny"][1].replace(iterations=60, eval_every=10,
                                                        eval_prompts=128))),
 }
 
@@ -106,34 +106,39 @@ def summarise_run(run: dict) -> dict:
 
 
 def run_sweep(config: SweepConfig, progress: bool = True, command: str = "") -> SweepResult:
-    """Every (β, seed) run, ``jobs`` at a time in fresh one-thread processes."""
+    """Every (β, seed) run, ``jobs`` at a time in fresh one-thread processes. ``OUT/sweep.json``
+    is rewritten after each finished run, so an interrupted sweep keeps what it measured."""
     start = time.perf_counter()
     todo = [asdict(config.ppo.replace(kl_coef=b, adaptive_kl=False, seed=s, out_dir=None,
                                       checkpoint_every=0, resume=False, torch_threads=1))
             for b in config.kl_coefs for s in config.seeds]
     context = multiprocessing.get_context("spawn")  # a clean torch per worker
+    runs: list[dict] = []
     with concurrent.futures.ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
-        runs = []
         for run in pool.map(_one_run, todo):
             runs.append(run)
+            summary = {"seconds": time.perf_counter() - start,
+                       "per_run": [summarise_run(r) for r in runs]}
+            if config.out_dir is not None:
+                _write(Path(config.out_dir), config, runs, summary, command)
             if progress:
-                s = summarise_run(run)
+                s = summary["per_run"][-1]
                 print(f"β={s['kl_coef']:g} seed {s['seed']}: gold {s['sft_gold']:.2f} -> peak "
                       f"{s['peak_gold']:.2f} -> {s['final_gold']:.2f}, KL {s['final_kl']:.1f}, "
                       f"{run['seconds']:.0f} s", flush=True)
-    rows = [summarise_run(run) for run in runs]
-    summary = {"seconds": time.perf_counter() - start, "per_run": rows}
-    result = SweepResult(config, runs, summary)
     if config.out_dir is not None:
-        out = Path(config.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        record = {"benchmark": "rlhf_sweep", "command": command,
-                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "machine": _machine(), "config": asdict(config), "results": runs,
-                  "summary": summary}
-        (out / "sweep.json").write_text(json.dumps(record, indent=1) + "\n")
-        plot_sweep(runs, out / "sweep.png")
-    return result
+        plot_sweep(runs, Path(config.out_dir) / "sweep.png")
+    return SweepResult(config, runs, summary)
+
+
+def _write(out: Path, config: SweepConfig, runs: list[dict], summary: dict, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": "rlhf_sweep", "command": command,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": _machine(), "config": asdict(config), "results": runs, "summary": summary}
+    tmp = out / "sweep.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out / "sweep.json")  # atomic
 
 
 def sweep_report(result: SweepResult) -> str:
