@@ -38,6 +38,7 @@ from ppo_lab.llm.reward_model import RMConfig, train_reward_model
 from ppo_lab.llm.sft import SFTConfig, train_sft
 from ppo_lab.llm.sweep import SWEEP_PRESETS, run_sweep, sweep_report
 from ppo_lab.runs import write_run_files
+from ppo_lab.scale.distributed import is_main_process
 
 __all__ = ["STAGES", "Stage", "main"]
 
@@ -78,7 +79,7 @@ def _train_ppo(config: RLHFConfig, progress: bool = True, command: str = "") -> 
     first, last = (result.evals[0], result.evals[-1]) if result.evals else ({}, {})
     result.summary = {"iterations": len(result.history), "seconds": result.history[-1]["time"],
                       "eval_first": first, "eval_last": last}
-    if config.out_dir is not None:
+    if config.out_dir is not None and is_main_process():  # under torchrun: rank 0 writes
         out = Path(config.out_dir) / "ppo"
         with quiet_transformers():
             result.policy.save_pretrained(out / "policy")
@@ -186,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # bad data, missing model, non-finite loss: names the field
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    print(f"{stage.report(result)}; output {config.out_dir}")
+    if is_main_process():
+        print(f"{stage.report(result)}; output {config.out_dir}")
     return 0
 
 

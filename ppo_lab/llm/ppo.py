@@ -18,7 +18,6 @@ response tokens) and are transposed to ``[T, B]`` for the time-major core functi
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import sys
@@ -37,7 +36,13 @@ from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint,
                                 set_rng_state)
 from ppo_lab.config import ConfigBase, check_field
 from ppo_lab.core import (AdaptiveKLController, FixedKLController, explained_variance,
-                          gae_advantages, kl_estimate, masked_mean, masked_whiten, ppo_loss)
+                          gae_advantages, kl_estimate, masked_mean, ppo_loss)
+from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches
+from ppo_lab.scale.distributed import (ForwardWith, all_reduce_stats, derive_micro_batch_sizes,
+                                       generation_model, global_early_stop, global_masked_whiten,
+                                       global_mean, init_distributed, rank_seed, shard, wrap_model)
+from ppo_lab.scale.memory import add_lora, enable_activation_checkpointing, on_device, reference_model
+from ppo_lab.scale.precision import Precision
 
 from .logprobs import response_logprobs
 from .models import (ValueHead, load_causal_lm, load_scalar_model, load_tokenizer,
@@ -148,7 +153,23 @@ class RLHFConfig(ConfigBase):
     device: str = "cpu"
     """torch device for every model, e.g. cpu, cuda, cuda:1."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Weights dtype of the models loaded from paths (log-probs are float32 regardless)."""
+    """Compute dtype (§8): bf16/fp16 autocast around the trained models' forward, float32 master
+    weights, Adam state, log-probs and losses (fp16 adds a GradScaler); the frozen reference and
+    reward models are stored in this dtype."""
+    fsdp: bool = False
+    """Shard the policy and value model over the torchrun ranks with FSDP2 (fully_shard)
+    instead of DDP (§8)."""
+    grad_accum_steps: int = 1
+    """Forward/backward micro-steps per optimiser step; a micro-batch is the (global) minibatch
+    divided by (ranks x grad_accum_steps) (§8)."""
+    lora_r: int = 0
+    """LoRA rank of the policy's adapters (peft); the reference is then the base weights with
+    the adapters switched off, no second copy (§8). 0 = train all weights."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing: recompute each transformer block in the backward (§8)."""
+    offload_frozen: bool = False
+    """Keep the reference and reward models in host memory, each moved to the device for its
+    scoring pass (§8)."""
     torch_threads: int = 1
     """torch intra-op threads; 0 leaves torch's default."""
     out_dir: str | None = None
@@ -161,9 +182,15 @@ class RLHFConfig(ConfigBase):
 
     def validate(self) -> None:
         self._positive_int("iterations", "batch_size", "num_minibatches", "ppo_epochs",
-                           "max_new_tokens", "num_prompts", "eval_prompts", "kl_horizon")
+                           "max_new_tokens", "num_prompts", "eval_prompts", "kl_horizon",
+                           "grad_accum_steps")
         self._non_negative_int("seed", "task_seed", "warmup_iterations", "eval_every",
-                               "torch_threads", "checkpoint_every")
+                               "torch_threads", "checkpoint_every", "lora_r")
+        check_field(not (self.lora_r and self.ref_model), "ref_model",
+                    "with lora_r > 0 the reference is the base weights with adapters off")
+        check_field(not (self.fsdp and (self.checkpoint_every or self.resume)), "fsdp",
+                    "trainer checkpoints are written with DDP or one process; use "
+                    "ppo_lab.scale.distributed.save_distributed_checkpoint for FSDP2")
         for name in ("temperature", "learning_rate", "adam_eps", "clip_eps"):
             self._number(name, low=0.0, low_open=True)
         for name in ("vf_clip_eps", "max_grad_norm", "target_kl", "clip_scores"):
@@ -234,7 +261,12 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     start_time = time.perf_counter()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
+    info = init_distributed(config.device)  # torchrun's ranks (§8); one process: rank 0 of 1
+    config = config.replace(device=str(info.device)) if info.enabled else config
+    sizes = derive_micro_batch_sizes(batch_size=config.batch_size, world_size=info.world_size,
+                                     minibatch_size=config.batch_size // config.num_minibatches,
+                                     grad_accum_steps=config.grad_accum_steps)
+    seed_everything(rank_seed(config.seed, info.rank))
     generator = torch.Generator().manual_seed(config.seed)  # prompt and minibatch order
 
     # 0. Prompts, models, optimiser, schedules.
@@ -242,9 +274,24 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     tokenizer, policy, ref_model, reward_model, value_model = _load_models(
         config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
     device = next(policy.parameters()).device
-    sampler = torch.Generator(device).manual_seed(config.seed)  # the responses' tokens
+    sampler = torch.Generator(device).manual_seed(rank_seed(config.seed, info.rank))  # tokens
     spec = sampling_spec(tokenizer, config.temperature)
     gold = ReviewTask().gold_rewards if config.gold else None
+    # §8 switches: LoRA (the reference = adapters off), activation checkpointing, DDP/FSDP2.
+    if config.lora_r:
+        policy, ref_model = add_lora(policy, config.lora_r), None
+    if config.grad_checkpointing:
+        for model in (policy, value_model):
+            if hasattr(model, "config"):  # a Hugging Face model (not the value head)
+                enable_activation_checkpointing(model)
+    train_policy = wrap_model(policy, info, fsdp=config.fsdp)
+    train_value = wrap_model(value_model if config.value_design == "head" else
+                             ForwardWith(value_model, token_scalars), info, fsdp=config.fsdp)
+    precision = Precision(config.dtype, device)
+    frozen_home = torch.device("cpu") if config.offload_frozen else None  # None: never moved
+    for frozen in (ref_model, reward_model):
+        if frozen is not None and frozen_home is not None:
+            frozen.to(frozen_home)
     params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=config.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: _lr_factor(k, config))
@@ -259,23 +306,26 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         start_time -= elapsed
     eval_prompts = ReviewTask().prompts(config.eval_prompts, seed=config.task_seed + 1) \
         if config.eval_every and not config.prompts else prompts[: config.eval_prompts]
-    bar = tqdm(total=config.iterations, initial=first, unit="it", disable=not progress,
+    bar = tqdm(total=config.iterations, initial=first, unit="it",
+               disable=not (progress and info.is_main),
                file=sys.stderr, dynamic_ncols=True)
 
     for iteration in range(first, config.iterations):
         if config.eval_every and iteration % config.eval_every == 0:
-            result.evals.append({"iteration": iteration, **evaluate(
-                policy, tokenizer, eval_prompts, config, reward_model=reward_model,
-                reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
+            with generation_model(train_policy) as sampling_policy:
+                result.evals.append({"iteration": iteration, **evaluate(
+                    sampling_policy, tokenizer, eval_prompts, config, reward_model=reward_model,
+                    reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
         t0 = time.perf_counter()
 
         # 1. Rollout: B prompts, one sampled response each (batched, KV cache, left padding).
         idx = torch.randperm(len(prompts), generator=generator)[: config.batch_size]
+        idx = shard(idx, info)  # this rank's block of the global batch (§8)
         texts = [prompts[i] for i in idx.tolist()]
         prompt_ids, prompt_mask = _encode_prompts(tokenizer, texts)
-        with torch.no_grad():
+        with torch.no_grad(), generation_model(train_policy) as sampling_policy:
             batch, logprobs = generate(  # logprobs: log π_θold of the sampled tokens, [B, T]
-                policy, prompt_ids.to(device), prompt_mask.to(device), spec,
+                sampling_policy, prompt_ids.to(device), prompt_mask.to(device), spec,
                 max_new_tokens=config.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, generator=sampler)
@@ -285,14 +335,16 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         with torch.no_grad():
             # 2. Score r(x, y): the reward model reads the last real token (§6), or reward_fn on
             #    the decoded text with special tokens kept (an EOS stays visible, errata 16).
-            scores = _score(batch, texts, tokenizer, reward_model, reward_fn, config)  # [B]
+            with on_device(reward_model, device if frozen_home else None):
+                scores = _score(batch, texts, tokenizer, reward_model, reward_fn, config)  # [B]
             gold_scores = gold(texts, _decode(tokenizer, batch), eos=batch.eos.tolist()) \
                 if gold else None
 
             # 3. Reference log-probs, old log-probs (from the sampler: no second pass, the
             #    ratio test holds them equal) and values V(s_t) on the response tokens.
             old_logprobs = logprobs
-            ref_logprobs = _reference_logprobs(ref_model, batch, spec, old_logprobs, config)
+            with reference_model(policy, ref_model, device if frozen_home else None) as ref:
+                ref_logprobs = _reference_logprobs(ref, batch, spec, old_logprobs, config)
             old_values = _values(policy, value_model, batch, spec)  # [B, T]
 
             # 4. Per-token rewards: −β·KL_t on every token, + r(x, y) on the last real one.
@@ -310,16 +362,16 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
 
         # 6. K epochs of minibatch SGD on the PPO loss.
         lr = optimizer.param_groups[0]["lr"]
-        stats, epochs_done = _optimise(policy, value_model, optimizer, batch, spec, old_logprobs,
-                                       old_values, advantages, returns, config, generator,
-                                       kl_ctl.value)
+        stats, epochs_done = _optimise(train_policy, train_value, optimizer, batch, spec,
+                                       old_logprobs, old_values, advantages, returns, config,
+                                       generator, kl_ctl.value, precision, sizes)
         t3 = time.perf_counter()
 
         # 7. KL controller, learning-rate schedule, log, checkpoint.
         mask = batch.response_mask
         sequence_kl = kl.sum(1)  # [B]: Σ_t KL_t per response
         kl_coef = kl_ctl.value
-        kl_ctl.update(float(sequence_kl.mean()), len(batch))
+        kl_ctl.update(float(global_mean(sequence_kl)), config.batch_size)  # all ranks' mean
         scheduler.step()
         result.history.append({
             "iteration": iteration + 1, "episodes": (iteration + 1) * config.batch_size,
@@ -327,7 +379,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
             "tokens_per_second": float(mask.sum()) / (t3 - t0),
             "time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
             "time/iteration": t3 - t0,
-            **metrics.check_keys({
+            **metrics.check_keys(all_reduce_stats({
                 "objective/scores": float(scores.mean()),
                 "objective/gold_reward": None if gold_scores is None else float(gold_scores.mean()),
                 "objective/kl": float(sequence_kl.mean()),
@@ -338,21 +390,22 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
                 "value/explained_variance": float(explained_variance(old_values, returns, mask=mask)),
                 "optim/learning_rate": lr,
                 **stats,
-            }),
+            }, weight=len(batch))),
         })
         bar.update(1)
         bar.set_postfix(score=f"{float(scores.mean()):.2f}", kl=f"{float(sequence_kl.mean()):.2f}",
                         refresh=False)
-        if config.checkpoint_every and ((iteration + 1) % config.checkpoint_every == 0
-                                        or iteration + 1 == config.iterations):
+        if info.is_main and config.checkpoint_every and (
+                (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations):
             _save(Path(config.out_dir) / CHECKPOINT_DIR, iteration + 1,
                   time.perf_counter() - start_time, config, policy, value_model, optimizer,
                   scheduler, kl_ctl, (generator, sampler), result)
     bar.close()
     if config.eval_every and (not result.evals or result.evals[-1]["iteration"] != config.iterations):
-        result.evals.append({"iteration": config.iterations, **evaluate(
-            policy, tokenizer, eval_prompts, config, reward_model=reward_model,
-            reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
+        with generation_model(train_policy) as sampling_policy:
+            result.evals.append({"iteration": config.iterations, **evaluate(
+                sampling_policy, tokenizer, eval_prompts, config, reward_model=reward_model,
+                reward_fn=reward_fn, ref_model=ref_model, gold=gold)})
     return result
 
 
@@ -377,61 +430,76 @@ def token_advantages(rewards: torch.Tensor, values: torch.Tensor, response_mask:
         rewards=torch.where(mask, rewards, 0.0).T, values=values.T, next_values=next_values.T,
         terminated=last.T, episode_ends=last.T, gamma=gamma, gae_lambda=gae_lambda)
     advantages, returns = advantages.T, returns.T  # [B, T]
-    if whiten:
-        advantages = masked_whiten(advantages, mask)
+    if whiten:  # over every rank's tokens (§8); one process: masked_whiten itself
+        advantages = global_masked_whiten(advantages, mask)
     return advantages, returns
 
 
 def _optimise(policy, value_model, optimizer, batch: SequenceBatch, spec, old_logprobs,
               old_values, advantages, returns, config: RLHFConfig, generator: torch.Generator,
-              kl_coef: float) -> tuple[dict[str, float], int]:
+              kl_coef: float, precision: Precision | None = None, sizes=None
+              ) -> tuple[dict[str, float], int]:
     """Stage 6: ``ppo_epochs`` passes of shuffled minibatches of whole sequences; one forward
-    (policy, and the value model when separate) and one backward per minibatch.
+    (policy, and the value model when separate) and one backward per minibatch — or per
+    micro-batch with ``grad_accum_steps`` > 1 (§8: ``policy`` and ``value_model`` are the
+    DDP/FSDP2-wrapped models, so every training gradient flows through the wrapper).
 
     Returns the mean loss statistics under their log keys, ``policy/ratio_error`` (max |ratio − 1|
     over the first minibatch's response tokens, before any step: 0 up to rounding when sampling
     and scoring agree) and the number of epochs completed (fewer after an early stop on KL).
     """
-    size = len(batch) // config.num_minibatches
+    size = sizes.local_minibatch_size if sizes else len(batch) // config.num_minibatches
+    precision = precision or Precision("fp32")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = defaultdict(float)
     steps, epochs_done, ratio_error = 0, 0, None
+
+    def minibatch_loss(mb: dict):
+        out = response_logprobs(policy, mb["batch"], spec, with_entropy=config.ent_coef > 0,
+                                with_hidden=config.value_design == "head")
+        if config.value_design == "head":
+            values = value_model(out.hidden)  # [b, T]
+        else:  # a bare scalar model, or ForwardWith(model, token_scalars) in its DDP/FSDP2 wrapper
+            scalars = token_scalars(value_model, mb["batch"]) if hasattr(value_model, "score") \
+                else value_model(mb["batch"])
+            values = response_values(scalars, mb["batch"])  # [b, T]
+        kl = None
+        if config.reference == "old":  # KL(π_old‖π_θ) on π_old's samples, k3, in the loss
+            kl = kl_estimate(mb["old_logprobs"], out.logprobs, kind="k3")
+        nonlocal ratio_error
+        if ratio_error is None:
+            with torch.no_grad():
+                ratio = torch.exp(out.logprobs - mb["old_logprobs"])
+                ratio_error = float(torch.where(mb["response_mask"], (ratio - 1).abs(), 0).max())
+        return ppo_loss(
+            logprobs=out.logprobs, old_logprobs=mb["old_logprobs"], advantages=mb["advantages"],
+            values=values, old_values=mb["old_values"], returns=mb["returns"],
+            entropy=out.entropy, clip_eps=config.clip_eps, vf_clip_eps=config.vf_clip_eps,
+            vf_coef=config.vf_coef, ent_coef=config.ent_coef, kl=kl,
+            kl_coef=kl_coef if kl is not None else 0.0, mask=mb["response_mask"])
+
     for _epoch in range(config.ppo_epochs):
         stop = False
         for idx in torch.randperm(len(batch), generator=generator).split(size):
             idx = idx.to(old_logprobs.device)
-            mb, mask = batch.select(idx), batch.response_mask[idx]
-            out = response_logprobs(policy, mb, spec, with_entropy=config.ent_coef > 0,
-                                    with_hidden=config.value_design == "head")
-            values = value_model(out.hidden) if config.value_design == "head" else \
-                response_values(token_scalars(value_model, mb), mb)  # [b, T]
+            mask = batch.response_mask[idx]
             mb_advantages = advantages[idx]
             if config.whiten_advantages == "minibatch":
-                mb_advantages = masked_whiten(mb_advantages, mask)
-            kl = None
-            if config.reference == "old":  # KL(π_old‖π_θ) on π_old's samples, k3, in the loss
-                kl = kl_estimate(old_logprobs[idx], out.logprobs, kind="k3")
-            loss, stats = ppo_loss(
-                logprobs=out.logprobs, old_logprobs=old_logprobs[idx], advantages=mb_advantages,
-                values=values, old_values=old_values[idx], returns=returns[idx],
-                entropy=out.entropy, clip_eps=config.clip_eps, vf_clip_eps=config.vf_clip_eps,
-                vf_coef=config.vf_coef, ent_coef=config.ent_coef, kl=kl,
-                kl_coef=kl_coef if kl is not None else 0.0, mask=mask)
-            if ratio_error is None:
-                with torch.no_grad():
-                    ratio = torch.exp(out.logprobs - old_logprobs[idx])
-                    ratio_error = float(torch.where(mask, (ratio - 1).abs(), 0).max())
-            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
+                mb_advantages = global_masked_whiten(mb_advantages, mask)
+            mb = {"batch": batch.select(idx), "response_mask": mask, "old_logprobs": old_logprobs[idx],
+                  "advantages": mb_advantages, "old_values": old_values[idx], "returns": returns[idx]}
+            optimizer.zero_grad()
+            stats = accumulate_gradients((policy, value_model), micro_batches(mb, config.grad_accum_steps),
+                                         minibatch_loss, precision=precision)
+            # Early stop on this minibatch's approx KL (all ranks' tokens) before its step.
+            if global_early_stop(stats["approx_kl"], config.target_kl, weight=int(mask.sum())):
+                optimizer.zero_grad()
                 stop = True
                 break
-            optimizer.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, config.max_grad_norm if config.max_grad_norm is not None else math.inf)
-            optimizer.step()
+            _, grad_norm = precision.step(optimizer, params, config.max_grad_norm)
             for key, value in stats.items():
                 totals[key] += value
-            totals["grad_norm"] += float(grad_norm)
+            totals["grad_norm"] += grad_norm
             steps += 1
         if stop:
             break
@@ -451,14 +519,15 @@ def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, 
         return str(tiny_path(name))
 
     model_path = config.model or (tiny("sft") if policy is None else None)
-    kw = dict(device=config.device, dtype=config.dtype)
+    kw = dict(device=config.device, dtype=config.dtype)  # frozen models: stored in the compute dtype
+    trained_kw = dict(kw, dtype="fp32")  # trained models: float32 master weights (§8)
     check_field(model_path is not None or (tokenizer is not None and ref_model is not None),
                 "model", "is needed for the tokenizer and the reference when only a policy object is given")
     if tokenizer is None:
         tokenizer = _named("tokenizer" if config.tokenizer else "model", load_tokenizer,
                            config.tokenizer or model_path)
     if policy is None:
-        policy = _named("model", load_causal_lm, model_path, **kw)
+        policy = _named("model", load_causal_lm, model_path, **trained_kw)
     if ref_model is None:
         ref_model = _named("ref_model" if config.ref_model else "model", load_causal_lm,
                            config.ref_model or model_path, **kw)
@@ -473,13 +542,13 @@ def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, 
         if config.value_init == "reward":
             check_field(reward_model is not None or config.reward_model is not None, "value_init",
                         "'reward' needs a reward model; use 'sft' with a reward_fn")
-            value_model = copy.deepcopy(reward_model) if reward_model is not None else \
-                _named("reward_model", load_scalar_model, reward_path, **kw)
+            value_model = copy.deepcopy(reward_model).float() if reward_model is not None else \
+                _named("reward_model", load_scalar_model, reward_path, **trained_kw)
         else:
             check_field(model_path is not None, "value_init",
                         "'sft' loads the value trunk from --model; give model or value_model")
             value_model = _named("model", scalar_model_from_causal_lm, model_path,
-                                 pad_token_id=tokenizer.pad_token_id, **kw)
+                                 pad_token_id=tokenizer.pad_token_id, **trained_kw)
     for frozen in (ref_model, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .distributed import all_reduce_stats, is_fsdp, token_mean_scale, unwrap, world_size
+from .distributed import all_reduce_stats, is_fsdp, reduce_device, token_mean_scale, unwrap, world_size
 from .precision import Precision
 
 __all__ = ["accumulate_gradients", "gradient_sync", "micro_batches", "token_mask"]
@@ -57,30 +57,28 @@ def micro_batches(batch, num: int) -> list:
 
 
 @contextlib.contextmanager
-def gradient_sync(model: nn.Module, enabled: bool):
+def gradient_sync(models, enabled: bool):
     """Inside, ``backward`` reduces gradients across ranks only when ``enabled``.
 
-    DDP: ``model.no_sync()`` when not enabled. FSDP2: ``set_requires_gradient_sync``. A plain
-    module (one process): nothing to do.
+    ``models``: one module or several (the policy and a separate value model). DDP:
+    ``model.no_sync()`` when not enabled. FSDP2: ``set_requires_gradient_sync``. A plain module
+    (one process): nothing to do.
     """
-    if enabled:
-        yield
-    elif isinstance(model, nn.parallel.DistributedDataParallel):
-        with model.no_sync():
-            yield
-    elif is_fsdp(unwrap(model)):
-        inner = unwrap(model)
-        inner.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            inner.set_requires_gradient_sync(True)
-    else:
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    with contextlib.ExitStack() as stack:
+        if not enabled:
+            for model in models:
+                if isinstance(model, nn.parallel.DistributedDataParallel):
+                    stack.enter_context(model.no_sync())
+                elif is_fsdp(unwrap(model)):
+                    inner = unwrap(model)
+                    inner.set_requires_gradient_sync(False)
+                    stack.callback(inner.set_requires_gradient_sync, True)
         yield
 
 
 def accumulate_gradients(
-    model: nn.Module,
+    models,
     batches: Sequence,
     loss_fn: Callable,
     *,
@@ -90,15 +88,16 @@ def accumulate_gradients(
     over the whole minibatch on every rank. The caller zeroes gradients before and steps after.
 
     Args:
-        model: the wrapped model (DDP, FSDP2 or plain) whose ``forward`` ``loss_fn`` calls.
+        models: the wrapped model(s) (DDP, FSDP2 or plain) whose ``forward`` ``loss_fn`` calls.
         batches: this rank's K micro-batches (:func:`micro_batches`).
-        loss_fn: ``loss_fn(model, micro_batch) -> (loss, stats)``, ``loss`` a float32 token mean
-            over the micro-batch's own kept tokens (e.g. ``core.ppo_loss`` with
-            ``mask=response_mask``); the model call inside runs under ``precision.autocast()``.
+        loss_fn: ``loss_fn(micro_batch) -> (loss, stats)``, ``loss`` a float32 token mean over
+            the micro-batch's own kept tokens (e.g. ``core.ppo_loss`` with
+            ``mask=response_mask``); it runs under ``precision.autocast()``.
         precision: the compute dtype and fp16 loss scaler (default fp32).
 
     Returns the stats of the whole minibatch: each micro-step's stats weighted by its kept
-    tokens, averaged over micro-steps and ranks (``all_reduce_stats``).
+    tokens, averaged over micro-steps and ranks (``all_reduce_stats``); one micro-batch on one
+    process returns its stats unchanged.
     """
     if not batches:
         raise ValueError("batches: expected at least one micro-batch")
@@ -106,18 +105,19 @@ def accumulate_gradients(
     counts = [int(token_mask(b).sum()) for b in batches]
     if min(counts) == 0:
         raise ValueError("batches: a micro-batch has no kept token (every response has at least one)")
-    total = torch.tensor(float(sum(counts)), dtype=torch.float64)
+    total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=reduce_device())
     if world_size() > 1:
         torch.distributed.all_reduce(total)  # N_all: kept tokens of the minibatch, all ranks
     total_count = int(total.item())
     sums: dict[str, float] = {}
     for i, (batch, count) in enumerate(zip(batches, counts)):
-        with gradient_sync(model, enabled=i == len(batches) - 1):
+        with gradient_sync(models, enabled=i == len(batches) - 1):
             with precision.autocast():
-                loss, stats = loss_fn(model, batch)
+                loss, stats = loss_fn(batch)
             precision.backward(loss * token_mean_scale(count, total_count, world_size()))
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + count * float(v)
+    if len(batches) == 1 and world_size() == 1:
+        return dict(stats)
     local = sum(counts)
-    means = {k: v / local for k, v in sums.items()}
-    return all_reduce_stats(means, weight=local)
+    return all_reduce_stats({k: v / local for k, v in sums.items()}, weight=local)

@@ -38,13 +38,13 @@ import torch.distributed as dist
 from torch import nn
 
 from ppo_lab.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from ppo_lab.core import masked_whiten
+from ppo_lab.core import masked_mean, masked_whiten
 
 __all__ = [
-    "DistInfo", "MicroBatchSizes", "all_reduce_stats", "cleanup", "derive_micro_batch_sizes",
+    "DistInfo", "ForwardWith", "MicroBatchSizes", "all_reduce_stats", "cleanup", "derive_micro_batch_sizes",
     "generation_model", "global_early_stop", "global_masked_mean", "global_masked_whiten",
-    "global_mean", "global_mean_var", "init_distributed", "is_fsdp", "load_distributed_checkpoint",
-    "print_main", "rank_seed", "save_distributed_checkpoint", "shard", "token_mean_scale", "unwrap",
+    "global_mean", "global_mean_var", "init_distributed", "is_fsdp", "is_main_process", "load_distributed_checkpoint",
+    "print_main", "rank_seed", "reduce_device", "save_distributed_checkpoint", "shard", "token_mean_scale", "unwrap",
     "world_size", "wrap_ddp", "wrap_fsdp", "wrap_model",
 ]
 
@@ -72,25 +72,26 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     needs a group) also runs on one device.
 
     Args:
-        device: ``"cuda"``, ``"cpu"`` or ``"auto"`` (CUDA when available). With CUDA each
-            process takes ``cuda:LOCAL_RANK``.
+        device: ``"cuda"``, ``"cuda:N"``, ``"cpu"`` or ``"auto"`` (CUDA when available). Under
+            torchrun each process takes ``cuda:LOCAL_RANK``; a plain process keeps ``cuda:N``.
         backend: ``"nccl"`` or ``"gloo"``; default NCCL for CUDA, gloo for CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device: expected 'cuda', 'cpu' or 'auto', got {device!r}")
-    if device == "cuda":
+    kind = str(device).split(":")[0]
+    if kind not in ("cuda", "cpu"):
+        raise ValueError(f"device: expected 'cuda', 'cuda:N', 'cpu' or 'auto', got {device!r}")
+    if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' requested but torch.cuda.is_available() is False")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+            raise ValueError(f"device: {device!r} requested but torch.cuda.is_available() is False")
+        dev = torch.device("cuda", local_rank) if launched or device == "cuda" else torch.device(device)
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if launched and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
@@ -139,6 +140,11 @@ def shard(items, info: DistInfo, name: str = "batch_size"):
                          f"(world size {info.world_size}, torchrun --nproc-per-node × --nnodes)")
     per_rank = n // info.world_size
     return items[info.rank * per_rank : (info.rank + 1) * per_rank]
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes files and prints reports."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def print_main(info: DistInfo, *args, **kwargs) -> None:
@@ -199,6 +205,13 @@ def derive_micro_batch_sizes(*, batch_size: int, minibatch_size: int, world_size
 # --- global statistics ---------------------------------------------------------------------------
 
 
+def reduce_device() -> torch.device:
+    """Where a small tensor to all-reduce must live: this rank's GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
@@ -219,11 +232,13 @@ def _sum_count(x: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[t
 def global_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of ``x`` over the kept elements of every rank: ``Σ_ranks sum / Σ_ranks count``.
 
-    A 0-dim float64 tensor, identical on every rank, no gradient. Uses: the KL controller's
+    A 0-dim tensor (float64 across ranks), identical on every rank, no gradient. Uses: the KL controller's
     current KL (mean over all sequences of each one's summed KL), the mean score, the approximate
     KL for early stopping. Not the mean of the per-rank means, which weighs a rank with fewer
-    tokens as much as one with more.
+    tokens as much as one with more. Without a process group: the core ``masked_mean`` itself.
     """
+    if world_size() == 1:
+        return masked_mean(x.detach(), mask)
     total = torch.stack(_sum_count(x, mask, "x"))
     _all_reduce(total)
     if total[1].item() == 0:
@@ -307,16 +322,19 @@ def all_reduce_stats(stats: dict[str, float], weight: float = 1.0) -> dict[str, 
     """Log metrics averaged over ranks, each rank weighted by ``weight`` (e.g. its token count).
 
     One all-reduce of ``[weight·v₁, …, weight·v_k, weight]`` (keys sorted, so every rank must
-    pass the same keys). Without a process group the stats come back unchanged.
+    pass the same keys; ``None`` values pass through). Without a process group the stats come
+    back unchanged.
     """
     if world_size() == 1:
         return dict(stats)
-    keys = sorted(stats)
-    t = torch.tensor([weight * float(stats[k]) for k in keys] + [float(weight)], dtype=torch.float64)
+    keys = sorted(k for k, v in stats.items() if v is not None)
+    t = torch.tensor([weight * float(stats[k]) for k in keys] + [float(weight)], dtype=torch.float64,
+                     device=reduce_device())
     _all_reduce(t)
     if t[-1].item() <= 0:
         raise ValueError(f"weight: total weight over ranks is {t[-1].item()}, expected > 0")
-    return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
+    reduced = {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
+    return {k: reduced.get(k) for k in stats}
 
 
 def global_early_stop(approx_kl: float, threshold: float | None, weight: float = 1.0) -> bool:
@@ -331,7 +349,7 @@ def global_early_stop(approx_kl: float, threshold: float | None, weight: float =
     if threshold is None:
         return False
     mean_kl = all_reduce_stats({"approx_kl": approx_kl}, weight)["approx_kl"]
-    stop = torch.tensor([1.0 if mean_kl > threshold else 0.0])
+    stop = torch.tensor([1.0 if mean_kl > threshold else 0.0], device=reduce_device())
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return bool(stop.item())
@@ -379,6 +397,25 @@ def wrap_fsdp(model: nn.Module, info: DistInfo, mp_policy=None) -> nn.Module:
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+class ForwardWith(nn.Module):
+    """``ForwardWith(model, fn)(*args) == fn(model, *args)``: a function of a model as a module's
+    ``forward``, so DDP / FSDP2 can wrap it.
+
+    A helper such as ``token_scalars(value_model, batch)`` calls the model's trunk and head
+    directly; on a DDP wrapper it would fail, and on the module inside it would run without the
+    gradient all-reduce. Wrapped as ``wrap_model(ForwardWith(value_model, token_scalars), …)``,
+    ``wrapper(batch)`` runs it through DDP's / FSDP2's hooks.
+    """
+
+    def __init__(self, model: nn.Module, fn):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(self.model, *args, **kwargs)
 
 
 def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:

@@ -58,18 +58,26 @@ def enable_activation_checkpointing(model: nn.Module) -> nn.Module:
     (dropout off, so the ratio is exactly 1 on its own rollout). So each block — and only the
     block object, not its submodules, whose dropout stays off — is marked as training right
     before every call; without gradients (generation, scoring) Hugging Face skips the
-    checkpointing anyway. Returns ``model``.
+    checkpointing anyway. ``config.use_cache`` is switched off (generation asks for the cache
+    explicitly). Returns ``model``.
     """
     hf = _hf_model(model)
     enable = getattr(hf, "activation_checkpointing_enable", None) or getattr(hf, "gradient_checkpointing_enable", None)
     if enable is None or not getattr(hf, "supports_gradient_checkpointing", False):
         raise ValueError(f"model: {type(hf).__name__} does not support activation checkpointing")
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     enable({"use_reentrant": False})
-    blocks = [m for m in hf.modules() if getattr(m, "gradient_checkpointing", False) is True and m is not hf]
+    # The blocks only: the trunk (GPT2Model, LlamaModel) has the flag too, and in training mode
+    # it would switch the KV cache off during generation.
+    blocks = [m for m in hf.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     if not blocks:
         raise ValueError(f"model: {type(hf).__name__} has no checkpointable blocks")
     for block in blocks:
         block.register_forward_pre_hook(_mark_training)
+    # A forward without use_cache would build a KV cache, and the recompute in the backward
+    # would append to it a second time; samplers pass use_cache=True explicitly.
+    hf.config.use_cache = False
     return model
 
 
@@ -132,7 +140,7 @@ def reference_model(policy: nn.Module, ref_model: nn.Module | None = None,
 
 
 @contextlib.contextmanager
-def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[nn.Module]:
+def on_device(model: nn.Module | None, device: torch.device | str | None) -> Iterator[nn.Module | None]:
     """Move a frozen ``model`` to ``device`` for the block and back to where it was afterwards.
 
     The frozen reference and reward models are needed once per rollout, for one scoring pass
@@ -140,6 +148,9 @@ def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[n
     only one model's weights at a time, for a host-to-device copy per pass. ``device=None`` or
     the device the model is already on: nothing moves.
     """
+    if model is None:  # e.g. no reward model when a reward function scores
+        yield None
+        return
     home = next(model.parameters()).device
     target = home if device is None else torch.device(device)
     if target == home:

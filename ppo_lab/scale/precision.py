@@ -21,6 +21,7 @@ would clip on rounding noise alone.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class Precision:
             logprobs = response_logprobs(policy, batch, spec).logprobs  # float32 [B, T]
         loss, stats = ppo_loss(logprobs=logprobs, ...)                    # float32
         precision.backward(loss)
-        stepped = precision.step(optimizer, policy.parameters(), max_grad_norm=1.0)
+        stepped, grad_norm = precision.step(optimizer, policy.parameters(), max_grad_norm=1.0)
     """
 
     def __init__(self, dtype: str = "fp32", device: str | torch.device = "cpu"):
@@ -69,29 +70,30 @@ class Precision:
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, through the scaler for fp16 (``(S · loss).backward()``)."""
-        if loss.dtype != torch.float32:
+        if loss.dtype in (torch.float16, torch.bfloat16):
             raise ValueError(f"loss: expected float32 (assemble losses outside autocast), got {loss.dtype}")
         self.scaler.scale(loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer, parameters=None, max_grad_norm: float | None = None
-             ) -> bool:
-        """Unscale, clip, step and update the scale; return whether the optimiser stepped.
+             ) -> tuple[bool, float | None]:
+        """Unscale, clip, step and update the scale; return ``(stepped, grad_norm)``.
 
         With fp16 the gradients are divided by S *before* clipping (the norm must be of the true
         gradients) and a step whose gradients are not all finite is skipped — the weights and
-        Adam's moments stay as they were. ``parameters`` (those to clip) are needed only with
-        ``max_grad_norm``.
+        Adam's moments stay as they were. With ``parameters`` the global gradient norm is
+        computed (and clipped to ``max_grad_norm`` unless it is None) and returned.
         """
-        if max_grad_norm is not None:
-            if parameters is None:
-                raise ValueError("parameters: needed to clip to max_grad_norm")
+        grad_norm = None
+        if parameters is not None:
             self.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], max_grad_norm)
+            grad_norm = float(nn.utils.clip_grad_norm_(
+                [p for p in parameters if p.grad is not None],
+                max_grad_norm if max_grad_norm is not None else math.inf))
         before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(optimizer)
         self.scaler.update()
         # The scale shrinks only when the step found an inf/NaN gradient and was skipped.
-        return before is None or self.scaler.get_scale() >= before
+        return before is None or self.scaler.get_scale() >= before, grad_norm
 
     def state_dict(self) -> dict:
         """The scaler's state (scale, growth tracker), for checkpoints; empty unless fp16."""

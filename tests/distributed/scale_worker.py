@@ -3,6 +3,8 @@
     torchrun --nproc-per-node 2 tests/distributed/scale_worker.py OUT_DIR ddp fsdp
     (or two launchers: --nnodes 2 --node-rank i --nproc-per-node 1 --rdzv-endpoint 127.0.0.1:PORT)
 
+``SCALE_DEVICE=cuda`` runs the same scenarios on GPUs (NCCL; tests/gpu/test_scale_gpu.py).
+
 Every rank also computes the single-process answers on the whole global minibatch, with an
 unwrapped copy of the model, so the test compares like with like.
 """
@@ -10,6 +12,7 @@ unwrapped copy of the model, so the test compares like with like.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +39,13 @@ def on_policy(model, mb: dict) -> dict:
     return {**mb, "old_logprobs": logprobs, "old_values": values}
 
 
+def to_device(obj, device):
+    """Tensors (and ``SequenceBatch``es) in nested dicts moved to ``device``."""
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj.to(device) if hasattr(obj, "to") else obj
+
+
 def single_process(model, mb) -> dict[str, torch.Tensor]:
     model = copy.deepcopy(model)
     loss, _ = minibatch_loss(model, mb)
@@ -50,7 +60,7 @@ def train_steps(model, data, info, steps, K=1, target_kl=None):
     for step in range(steps):
         local = select(data[step % len(data)], shard(range(GLOBAL), info))
         optimizer.zero_grad()
-        stats = accumulate_gradients(model, micro_batches(local, K), minibatch_loss)
+        stats = accumulate_gradients(model, micro_batches(local, K), lambda b: minibatch_loss(model, b))
         approx_kl.append(stats["approx_kl"])
         if global_early_stop(stats["approx_kl"], target_kl, weight=int(local["response_mask"].sum())):
             stopped_at = step
@@ -60,17 +70,18 @@ def train_steps(model, data, info, steps, K=1, target_kl=None):
 
 
 def ddp(info, out: dict) -> None:
-    base = PolicyValue(tiny_policy())
-    mb = ppo_minibatch(GLOBAL)
+    base = PolicyValue(tiny_policy()).to(info.device)
+    mb = to_device(ppo_minibatch(GLOBAL), info.device)
     local = select(mb, shard(range(GLOBAL), info))
     out["single"] = single_process(base, mb)
     # 1. DDP, one micro-batch per rank, loss scaled by the global token count.
     model = wrap_model(copy.deepcopy(base), info)
-    accumulate_gradients(model, [local], minibatch_loss)
+    accumulate_gradients(model, [local], lambda b: minibatch_loss(model, b))
     out["ddp"] = grads(model)
     # 2. Two micro-batches per rank under no_sync, then one all-reduce.
     model = wrap_model(copy.deepcopy(base), info)
-    out["ddp_accum2_stats"] = accumulate_gradients(model, micro_batches(local, 2), minibatch_loss)
+    out["ddp_accum2_stats"] = accumulate_gradients(model, micro_batches(local, 2),
+                                                     lambda b: minibatch_loss(model, b))
     out["ddp_accum2"] = grads(model)
     out["single_stats_loss"] = minibatch_loss(copy.deepcopy(base), mb)[1]["loss"]
     # 3. The training forward through .module: no all-reduce, each rank keeps its own gradient.
@@ -78,7 +89,7 @@ def ddp(info, out: dict) -> None:
     minibatch_loss(model.module, local)[0].backward()
     out["module_forward"] = grads(model)
     # 4. Several steps with the KL early stop on: identical weights on every rank.
-    data = [on_policy(base, ppo_minibatch(GLOBAL, seed=s)) for s in range(1, 4)]
+    data = [on_policy(base, to_device(ppo_minibatch(GLOBAL, seed=s), info.device)) for s in range(1, 4)]
     model = wrap_model(copy.deepcopy(base), info)
     _, out["stopped_at"], out["approx_kl"] = train_steps(model, data, info, steps=8, K=2, target_kl=TARGET_KL)
     out["weights_after_steps"] = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
@@ -88,7 +99,7 @@ def ddp(info, out: dict) -> None:
     out["whiten_global"] = global_masked_whiten(x[rows], keep[rows])
     out["whiten_single"] = masked_whiten(x, keep)[rows]
     out["mean_global"] = global_mean(x[rows], keep[rows])
-    out["mean_single"] = x[keep].double().mean()
+    out["mean_single"] = x[keep.bool()].double().mean()
     out["stats"] = all_reduce_stats({"kl": float(info.rank + 1)}, weight=float(info.rank + 1))
     # 6. Generation on the module behind the wrapper.
     with generation_model(model) as m, torch.no_grad():
@@ -97,21 +108,22 @@ def ddp(info, out: dict) -> None:
 
 
 def fsdp(info, out: dict, tmp: Path) -> None:
-    base = PolicyValue(tiny_policy("llama"))
-    mb = ppo_minibatch(GLOBAL)
+    base = PolicyValue(tiny_policy("llama")).to(info.device)
+    mb = to_device(ppo_minibatch(GLOBAL), info.device)
     local = select(mb, shard(range(GLOBAL), info))
     out["fsdp_single"] = single_process(base, mb)
     out["fsdp_single_loss"] = minibatch_loss(copy.deepcopy(base), mb)[1]["loss"]
     model = wrap_model(copy.deepcopy(base), info, fsdp=True)
-    out["fsdp_stats"] = accumulate_gradients(model, [local], minibatch_loss)
+    out["fsdp_stats"] = accumulate_gradients(model, [local], lambda b: minibatch_loss(model, b))
     out["fsdp"] = grads(model)
     # Checkpoint after 2 steps, 2 more steps; a fresh model resumed from the checkpoint, 2 steps.
-    data = [ppo_minibatch(GLOBAL, seed=s) for s in range(1, 5)]
+    data = [to_device(ppo_minibatch(GLOBAL, seed=s), info.device) for s in range(1, 5)]
 
     def run(model, optimizer, first, last):
         for step in range(first, last):
             optimizer.zero_grad()
-            accumulate_gradients(model, [select(data[step], shard(range(GLOBAL), info))], minibatch_loss)
+            accumulate_gradients(model, [select(data[step], shard(range(GLOBAL), info))],
+                                 lambda b: minibatch_loss(model, b))
             optimizer.step()
 
     model = wrap_model(copy.deepcopy(base), info, fsdp=True)
@@ -139,17 +151,23 @@ def fsdp(info, out: dict, tmp: Path) -> None:
                                                        do_sample=False, pad_token_id=0)
 
 
+def to_cpu(obj):
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    return obj.cpu() if isinstance(obj, torch.Tensor) else obj
+
+
 def main() -> None:
     torch.set_num_threads(1)
     tmp, scenarios = Path(sys.argv[1]), sys.argv[2:]
-    info = init_distributed(device="cpu")
+    info = init_distributed(device=os.environ.get("SCALE_DEVICE", "cpu"))
     out = {"rank": info.rank, "world_size": info.world_size}
     try:
         if "ddp" in scenarios:
             ddp(info, out)
         if "fsdp" in scenarios:
             fsdp(info, out, tmp)
-        torch.save(out, tmp / f"results_rank{info.rank}.pt")
+        torch.save(to_cpu(out), tmp / f"results_rank{info.rank}.pt")
     finally:
         cleanup()
 

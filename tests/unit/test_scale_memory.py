@@ -16,7 +16,7 @@ import torch
 
 HELPERS = Path(__file__).resolve().parents[1] / "distributed"
 sys.path.insert(0, str(HELPERS))
-from scale_helpers import PolicyValue, grads, minibatch_loss, ppo_minibatch, select, tiny_policy  # noqa: E402
+from scale_helpers import SPEC, VOCAB, PolicyValue, grads, minibatch_loss, ppo_minibatch, tiny_policy  # noqa: E402
 
 from ppo_lab.llm.models import tiny_config  # noqa: E402
 from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches  # noqa: E402
@@ -34,7 +34,8 @@ def test_accumulated_micro_batches_equal_one_batch_with_uneven_lengths():
     whole = PolicyValue(tiny_policy())
     accumulated = copy.deepcopy(whole)
     minibatch_loss(whole, mb)[0].backward()
-    stats = accumulate_gradients(accumulated, micro_batches(mb, 4), minibatch_loss)
+    stats = accumulate_gradients(accumulated, micro_batches(mb, 4),
+                                 lambda part: minibatch_loss(accumulated, part))
     want, got = grads(whole), grads(accumulated)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
@@ -191,3 +192,20 @@ def test_estimated_peak_within_15_percent_of_measured_resident_peak(arch, dtype,
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["estimated"] == pytest.approx(result["measured"], rel=0.15), result
+
+
+def test_activation_checkpointing_keeps_the_kv_cache_sampler_exact():
+    from ppo_lab.llm.rollout import generate
+
+    plain = tiny_policy("gpt2")
+    checkpointed = enable_activation_checkpointing(copy.deepcopy(plain))
+    mb = ppo_minibatch(4)
+    kwargs = dict(max_new_tokens=6, eos_token_id=VOCAB - 1, pad_token_id=0)
+    runs = []
+    for model in (plain, checkpointed):
+        with torch.no_grad():
+            runs.append(generate(model, mb["batch"].prompt_ids, mb["batch"].prompt_mask, SPEC,
+                                 generator=torch.Generator().manual_seed(3), **kwargs))
+    assert torch.equal(runs[0][0].input_ids, runs[1][0].input_ids)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=1e-6)
+    assert not checkpointed.transformer.training  # only the blocks are marked, never the trunk

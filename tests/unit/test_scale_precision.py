@@ -53,6 +53,7 @@ def test_losses_assembled_from_autocast_outputs_are_float32():
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
     with pytest.raises(ValueError, match="loss"):
         precision.backward(loss.detach().bfloat16().requires_grad_())
+    precision.backward(loss.detach().double().requires_grad_())  # float64 models are fine
 
 
 def _fp16_setup():
@@ -70,7 +71,7 @@ def test_fp16_grad_scaler_skips_the_step_on_an_inf_gradient():
     assert out.dtype == torch.float16
     precision.backward(out.float().mean() * torch.tensor(float("inf")))  # every gradient inf/NaN
     before = copy.deepcopy(model.state_dict())
-    assert precision.step(optimizer, model.parameters(), max_grad_norm=1.0) is False
+    assert precision.step(optimizer, model.parameters(), max_grad_norm=1.0)[0] is False
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert precision.scaler.get_scale() == scale / 2 and not optimizer.state  # Adam never stepped
     # A finite step goes through and changes the weights.
@@ -78,7 +79,8 @@ def test_fp16_grad_scaler_skips_the_step_on_an_inf_gradient():
     with precision.autocast():
         loss = model(x).float().mean()
     precision.backward(loss)
-    assert precision.step(optimizer, model.parameters(), max_grad_norm=1.0) is True
+    stepped, grad_norm = precision.step(optimizer, model.parameters(), max_grad_norm=1.0)
+    assert stepped is True and 0 < grad_norm < float("inf")
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -134,6 +136,6 @@ def test_single_process_global_statistics_are_the_plain_ones():
     mb = ppo_minibatch()
     x, keep = mb["advantages"], mb["response_mask"]
     assert torch.equal(global_masked_whiten(x, keep), masked_whiten(x, keep))
-    assert global_mean(x, keep).item() == pytest.approx(x[keep].double().mean().item(), rel=1e-12)
+    assert global_mean(x, keep).item() == pytest.approx(x[keep].double().mean().item(), rel=1e-6)
     assert token_mean_scale(5, 5, 1) == 1.0
     assert global_early_stop(0.02, 0.01) and not global_early_stop(0.005, 0.01) and not global_early_stop(9.0, None)
