@@ -36,7 +36,7 @@ from ppo_lab.llm.models import (load_causal_lm, load_tokenizer, quiet_transforme
 from ppo_lab.llm.rewards import bradley_terry_loss
 from ppo_lab.llm.rollout import generate
 from ppo_lab.llm.sequences import SequenceBatch, left_pad
-from ppo_lab.llm.sft import batch_indices, check_model_path, encode_examples, lr_factor
+from ppo_lab.llm.sft import adamw_with_warmup, batch_indices, check_model_path, encode_examples
 from ppo_lab.llm.task import ReviewTask, read_jsonl
 from ppo_lab.runs import write_run_files
 
@@ -241,12 +241,8 @@ def train_reward_model(config: RMConfig, *, progress: bool = False, command: str
         eval_pairs = [{k: getattr(p, k) for k in fields_} for p in task.preference_pairs(
             config.num_eval, seed=config.task_seed + 1, label_noise=0.0)] if config.num_eval else []
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: lr_factor(k, config.warmup_steps, config.max_steps))
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = batch_indices(len(train_pairs), config.batch_size, generator)
+    optimizer, scheduler = adamw_with_warmup(model, config)
+    batches = batch_indices(len(train_pairs), config.batch_size, seed=config.seed)
     result = RMResult(model, tokenizer, config)
     bar = tqdm(total=config.max_steps, unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, desc="reward model")

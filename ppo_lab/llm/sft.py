@@ -207,12 +207,8 @@ def train_sft(config: SFTConfig, *, progress: bool = False, command: str = "") -
     eval_data = _encode(tokenizer, eval_records, model) if eval_records else None
 
     # 2. AdamW, linear warm-up then linear decay to 0.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: lr_factor(k, config.warmup_steps, config.max_steps))
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = batch_indices(len(train_data[0]), config.batch_size, generator)
+    optimizer, scheduler = adamw_with_warmup(model, config)
+    batches = batch_indices(len(train_data[0]), config.batch_size, seed=config.seed)
     result = SFTResult(model, tokenizer, config)
     bar = tqdm(total=config.max_steps, unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, desc="sft")
@@ -297,8 +293,21 @@ def _batch(data, indices, tokenizer) -> SequenceBatch:
                                           eos_token_id=tokenizer.eos_token_id)
 
 
-def batch_indices(num: int, batch_size: int, generator: torch.Generator):
-    """Endless minibatches of ``range(num)``: a fresh permutation per epoch, split in order."""
+def adamw_with_warmup(model, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW on every parameter (``config.learning_rate``, ``config.weight_decay``) and its
+    schedule: linear warm-up over ``config.warmup_steps``, then linear decay to 0 at
+    ``config.max_steps`` (step the scheduler once per optimizer step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: lr_factor(k, config.warmup_steps, config.max_steps))
+    return optimizer, scheduler
+
+
+def batch_indices(num: int, batch_size: int, *, seed: int):
+    """Endless minibatches of ``range(num)``: a fresh permutation per epoch (from a generator
+    seeded with ``seed``), split in order."""
+    generator = torch.Generator().manual_seed(seed)
     if num < batch_size:
         raise ValueError(f"batch_size: {batch_size} is more than the {num} training examples")
     while True:
