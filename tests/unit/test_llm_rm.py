@@ -134,3 +134,23 @@ def test_bad_input_names_the_field(sft_dir, tmp_path, monkeypatch):
                         lambda model, batch: torch.full((len(batch),), float("nan")))
     with pytest.raises(ValueError, match="learning_rate: non-finite reward scores at step 1"):
         train_reward_model(RMConfig(model=str(sft_dir), max_steps=2, **SMALL))
+
+
+def test_pad_equals_eos_scores_at_the_eos(tmp_path):
+    """With pad == eos the reward is read at the EOS that ends each response (from the lengths),
+    not where transformers' own pooling would read it (the last token that is not pad)."""
+    train_sft(SFTConfig(pad_equals_eos=True, n_layer=1, d_model=32, n_head=2, num_demonstrations=64,
+                        num_eval=0, batch_size=16, max_steps=2, torch_threads=1, out_dir=str(tmp_path)))
+    result = train_reward_model(RMConfig(model=str(tmp_path / "sft"), max_steps=2,
+                                         **{**SMALL, "num_policy_pairs": 0}))
+    tokenizer, model = result.tokenizer, result.model
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    pairs = ReviewTask().preference_pairs(2, seed=4)
+    batch = pair_batch(tokenizer, *([getattr(p, k) for p in pairs] for k in ("prompt", "chosen", "rejected")))
+    ends = batch.response_ids.gather(1, (batch.response_lengths - 1)[:, None]).squeeze(1)
+    assert (ends == tokenizer.eos_token_id).all() and batch.response_mask.sum() == batch.response_lengths.sum()
+    with torch.no_grad():
+        ours = sequence_scores(model, batch)
+        pooled = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits.squeeze(-1)
+    assert not torch.allclose(ours, pooled)  # transformers pools at the token before EOS
