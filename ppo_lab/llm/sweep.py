@@ -111,7 +111,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, command: str = "") -> 
     start = time.perf_counter()
     todo = [asdict(config.ppo.replace(kl_coef=b, adaptive_kl=False, seed=s, out_dir=None,
                                       checkpoint_every=0, resume=False, torch_threads=1))
-            for b in config.kl_coefs for s in config.seeds]
+            for s in config.seeds for b in config.kl_coefs]  # every β's first seed first
     context = multiprocessing.get_context("spawn")  # a clean torch per worker
     runs: list[dict] = []
     with concurrent.futures.ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
