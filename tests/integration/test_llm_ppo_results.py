@@ -101,5 +101,6 @@ def test_rlhf_sweep_summary_is_what_the_runs_give():
     record = _load("rlhf_sweep")
     assert record["command"].startswith("ppo-lab rlhf sweep")
     runs, per_run = record["results"], record["summary"]["per_run"]
-    assert len(runs) == len(record["config"]["kl_coefs"]) * len(record["config"]["seeds"])
+    planned = [(b, s) for s in record["config"]["seeds"] for b in record["config"]["kl_coefs"]]
+    assert [(r["kl_coef"], r["seed"]) for r in runs] == planned[: len(runs)]  # in the sweep's order
     assert [summarise_run(run) for run in runs] == per_run
