@@ -38,7 +38,7 @@ from ppo_lab.llm.reward_model import RMConfig, train_reward_model
 from ppo_lab.llm.sft import SFTConfig, train_sft
 from ppo_lab.llm.sweep import SWEEP_PRESETS, run_sweep, sweep_report
 from ppo_lab.runs import write_run_files
-from ppo_lab.scale.distributed import is_main_process
+from ppo_lab.scale.distributed import full_state_dict, is_main_process
 
 __all__ = ["STAGES", "Stage", "main"]
 
@@ -79,15 +79,17 @@ def _train_ppo(config: RLHFConfig, progress: bool = True, command: str = "") -> 
     first, last = (result.evals[0], result.evals[-1]) if result.evals else ({}, {})
     result.summary = {"iterations": len(result.history), "seconds": result.history[-1]["time"],
                       "eval_first": first, "eval_last": last}
-    if config.out_dir is not None and is_main_process():  # under torchrun: rank 0 writes
+    # --fsdp: every rank helps gather the full weights (None otherwise); under torchrun rank 0 writes.
+    policy_state, value_state = full_state_dict(result.policy), full_state_dict(result.value_model)
+    if config.out_dir is not None and is_main_process():
         out = Path(config.out_dir) / "ppo"
         with quiet_transformers():
-            result.policy.save_pretrained(out / "policy")
+            result.policy.save_pretrained(out / "policy", state_dict=policy_state)
             result.tokenizer.save_pretrained(out / "policy")
             if hasattr(result.value_model, "save_pretrained"):
-                result.value_model.save_pretrained(out / "value")
+                result.value_model.save_pretrained(out / "value", state_dict=value_state)
             else:  # the value head on the policy's trunk
-                save_checkpoint(out / "value_head.pt", result.value_model.state_dict())
+                save_checkpoint(out / "value_head.pt", value_state or result.value_model.state_dict())
         y = "objective/gold_reward" if config.gold else "objective/scores"
         write_run_files(result, out, command, curve=("iteration", y))
     return result

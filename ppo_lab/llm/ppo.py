@@ -40,7 +40,8 @@ from ppo_lab.core import (AdaptiveKLController, FixedKLController, explained_var
 from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches
 from ppo_lab.scale.distributed import (ForwardWith, all_reduce_stats, derive_micro_batch_sizes,
                                        generation_model, global_early_stop, global_masked_whiten,
-                                       global_mean, init_distributed, rank_seed, shard, wrap_model)
+                                       global_mean, init_distributed, rank_seed, shard, unwrap,
+                                       wrap_model)
 from ppo_lab.scale.memory import add_lora, enable_activation_checkpointing, on_device, reference_model
 from ppo_lab.scale.precision import Precision
 
@@ -345,7 +346,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
             old_logprobs = logprobs
             with reference_model(policy, ref_model, device if frozen_home else None) as ref:
                 ref_logprobs = _reference_logprobs(ref, batch, spec, old_logprobs, config)
-            old_values = _values(policy, value_model, batch, spec)  # [B, T]
+            old_values = _values(policy, unwrap(train_value), batch, spec)  # [B, T]
 
             # 4. Per-token rewards: −β·KL_t on every token, + r(x, y) on the last real one.
             rewards, kl = per_token_rewards(
@@ -459,10 +460,8 @@ def _optimise(policy, value_model, optimizer, batch: SequenceBatch, spec, old_lo
                                 with_hidden=config.value_design == "head")
         if config.value_design == "head":
             values = value_model(out.hidden)  # [b, T]
-        else:  # a bare scalar model, or ForwardWith(model, token_scalars) in its DDP/FSDP2 wrapper
-            scalars = token_scalars(value_model, mb["batch"]) if hasattr(value_model, "score") \
-                else value_model(mb["batch"])
-            values = response_values(scalars, mb["batch"])  # [b, T]
+        else:
+            values = response_values(_scalars(value_model, mb["batch"]), mb["batch"])  # [b, T]
         kl = None
         if config.reference == "old":  # KL(π_old‖π_θ) on π_old's samples, k3, in the loss
             kl = kl_estimate(mb["old_logprobs"], out.logprobs, kind="k3")
@@ -631,7 +630,13 @@ def _values(policy, value_model, batch, spec) -> torch.Tensor:
     """V(s_t) for every response token, ``[B, T]`` (0 outside the response mask)."""
     if isinstance(value_model, ValueHead):
         return value_model(response_logprobs(policy, batch, spec, with_hidden=True).hidden)
-    return response_values(token_scalars(value_model, batch), batch)
+    return response_values(_scalars(value_model, batch), batch)
+
+
+def _scalars(value_model, batch) -> torch.Tensor:
+    """``token_scalars`` of a bare scalar model, or through ``ForwardWith(model, token_scalars)``
+    and its DDP/FSDP2 wrapper (§8), so the wrapper's hooks run: ``[B, P + T]``."""
+    return token_scalars(value_model, batch) if hasattr(value_model, "score") else value_model(batch)
 
 
 def _lr_factor(k: int, config: RLHFConfig) -> float:

@@ -41,11 +41,12 @@ from ppo_lab.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, 
 from ppo_lab.core import masked_mean, masked_whiten
 
 __all__ = [
-    "DistInfo", "ForwardWith", "MicroBatchSizes", "all_reduce_stats", "cleanup", "derive_micro_batch_sizes",
-    "generation_model", "global_early_stop", "global_masked_mean", "global_masked_whiten",
-    "global_mean", "global_mean_var", "init_distributed", "is_fsdp", "is_main_process", "load_distributed_checkpoint",
-    "print_main", "rank_seed", "reduce_device", "save_distributed_checkpoint", "shard", "token_mean_scale", "unwrap",
-    "world_size", "wrap_ddp", "wrap_fsdp", "wrap_model",
+    "DistInfo", "ForwardWith", "MicroBatchSizes", "all_reduce_stats", "cleanup",
+    "derive_micro_batch_sizes", "full_state_dict", "generation_model", "global_early_stop",
+    "global_masked_mean", "global_masked_whiten", "global_mean", "global_mean_var",
+    "init_distributed", "is_fsdp", "is_main_process", "load_distributed_checkpoint", "print_main",
+    "rank_seed", "reduce_device", "save_distributed_checkpoint", "shard", "token_mean_scale",
+    "unwrap", "world_size", "wrap_ddp", "wrap_fsdp", "wrap_model",
 ]
 
 
@@ -472,6 +473,18 @@ def generation_model(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """FSDP2: the whole ``state_dict`` gathered to rank 0's CPU (an empty dict on the other
+    ranks) — a collective, so every rank calls it; ``save_pretrained(path, state_dict=…)`` on
+    rank 0 then writes ordinary weights. ``None`` for a model with no sharded parameter."""
+    inner = unwrap(model)
+    if not any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def save_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .distributed import unwrap
+from .distributed import is_fsdp, unwrap
 
 __all__ = [
     "MemoryEstimate", "ModelMemory", "add_lora", "count_parameters", "enable_activation_checkpointing",
@@ -133,7 +133,9 @@ def reference_model(policy: nn.Module, ref_model: nn.Module | None = None,
         if peft_model is None:
             raise ValueError("ref_model: needed unless the policy has LoRA adapters (lora_r > 0)")
         with peft_model.disable_adapter():
-            yield peft_model.get_base_model()
+            # Under FSDP2 the peft model is the sharded root: its own forward must run (its hooks
+            # gather the root's shards); otherwise the base model (it takes logits_to_keep).
+            yield peft_model if is_fsdp(peft_model) else peft_model.get_base_model()
         return
     with on_device(ref_model, device) as ref:
         yield ref

@@ -1,6 +1,6 @@
 """Run by torchrun (2 gloo CPU ranks) from test_scale_distributed.py; writes results_rank{r}.pt.
 
-    torchrun --nproc-per-node 2 tests/distributed/scale_worker.py OUT_DIR ddp fsdp
+    torchrun --nproc-per-node 2 tests/distributed/scale_worker.py OUT_DIR ddp fsdp trainer
     (or two launchers: --nnodes 2 --node-rank i --nproc-per-node 1 --rdzv-endpoint 127.0.0.1:PORT)
 
 ``SCALE_DEVICE=cuda`` runs the same scenarios on GPUs (NCCL; tests/gpu/test_scale_gpu.py).
@@ -157,6 +157,21 @@ def to_cpu(obj):
     return obj.cpu() if isinstance(obj, torch.Tensor) else obj
 
 
+def trainer(info, out: dict) -> None:
+    """The RLHF trainer itself on 2 ranks (tiny preset, 2 iterations): DDP with accumulation,
+    bf16, activation checkpointing and the KL early stop; then FSDP2 with LoRA."""
+    from ppo_lab.llm.ppo import PRESETS, train
+
+    base = PRESETS["tiny"][1].replace(iterations=2, batch_size=8, num_minibatches=2, ppo_epochs=2,
+                                      max_new_tokens=8, eval_every=0, target_kl=0.002, warmup_iterations=0)
+    for name, changes in (("ddp", dict(grad_accum_steps=2, dtype="bf16", grad_checkpointing=True)),
+                          ("fsdp", dict(fsdp=True, lora_r=4, value_design="head"))):
+        result = train(base.replace(**changes))
+        weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                   for n, p in result.policy.named_parameters() if p.requires_grad}
+        out[f"trainer_{name}"] = {"weights": weights, "history": result.history}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     tmp, scenarios = Path(sys.argv[1]), sys.argv[2:]
@@ -167,6 +182,8 @@ def main() -> None:
             ddp(info, out)
         if "fsdp" in scenarios:
             fsdp(info, out, tmp)
+        if "trainer" in scenarios:
+            trainer(info, out)
         torch.save(to_cpu(out), tmp / f"results_rank{info.rank}.pt")
     finally:
         cleanup()

@@ -1,7 +1,7 @@
 """ppo_lab.scale on 2 gloo CPU ranks launched by torchrun: DDP and FSDP2 train exactly as one
 process on the same global batch (§8).
 
-One torchrun launch (``scale_worker.py ddp fsdp``) computes everything; the tests read each rank's
+One torchrun launch (``scale_worker.py ddp fsdp trainer``) computes everything; the tests read each rank's
 results. A second test starts two torchrun launchers with ``--nnodes 2`` (two "machines" on
 127.0.0.1) and checks they form one 2-rank job that trains like one process.
 """
@@ -45,8 +45,8 @@ def _load(directory: Path) -> list[dict]:
 def results(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("scale")
     cmd = _torchrun("--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-                    str(WORKER), str(out), "ddp", "fsdp")
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+                    str(WORKER), str(out), "ddp", "fsdp", "trainer")
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=360)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return _load(out)
 
@@ -133,3 +133,17 @@ def test_two_nodes_on_one_machine_train_as_one_two_rank_job(tmp_path):
     _assert_grads_equal(r1["ddp_accum2"], r1["single"])
     for name, w in r0["weights_after_steps"].items():
         assert torch.equal(w, r1["weights_after_steps"][name]), name
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_rlhf_trainer_on_two_ranks_keeps_the_ranks_identical(results, name):
+    r0, r1 = (res[f"trainer_{name}"] for res in results)
+    assert r0["weights"].keys() == r1["weights"].keys() and r0["weights"]
+    for key, w in r0["weights"].items():
+        assert torch.equal(w, r1["weights"][key]), key
+    # The logged statistics are all-reduced: the same numbers on both ranks.
+    for row0, row1 in zip(r0["history"], r1["history"]):
+        assert row0["objective/kl"] == row1["objective/kl"] and row0["epochs"] == row1["epochs"]
+        assert row0["policy/approx_kl"] == row1["policy/approx_kl"]
+    if name == "ddp":  # target_kl 0.002 stops an epoch early, on both ranks at once
+        assert any(row["epochs"] < 2 for row in r0["history"])
