@@ -264,6 +264,8 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         torch.set_num_threads(config.torch_threads)
     info = init_distributed(config.device)  # torchrun's ranks (§8); one process: rank 0 of 1
     config = config.replace(device=str(info.device)) if info.enabled else config
+    check_field(not (config.resume and (info.enabled or config.lora_r)), "resume",
+                "resuming is for one process without LoRA (each rank's sampler state is not saved)")
     sizes = derive_micro_batch_sizes(batch_size=config.batch_size, world_size=info.world_size,
                                      minibatch_size=config.batch_size // config.num_minibatches,
                                      grad_accum_steps=config.grad_accum_steps)

@@ -209,3 +209,33 @@ def test_activation_checkpointing_keeps_the_kv_cache_sampler_exact():
     assert torch.equal(runs[0][0].input_ids, runs[1][0].input_ids)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=1e-6)
     assert not checkpointed.transformer.training  # only the blocks are marked, never the trunk
+
+
+def test_rank0_checkpoint_of_a_hugging_face_model_resumes_exactly(tmp_path):
+    """The DDP / one-process path of save_distributed_checkpoint: save_pretrained (tied
+    embeddings dropped and restored) + optimiser state + RNG; resumed training equals uninterrupted."""
+    from ppo_lab.scale.distributed import DistInfo, load_distributed_checkpoint, save_distributed_checkpoint
+
+    info = DistInfo()
+    data = [ppo_minibatch(4, seed=s) for s in range(4)]
+
+    def run(model, optimizer, steps):
+        for mb in steps:
+            optimizer.zero_grad()
+            logits = model(input_ids=mb["batch"].input_ids, attention_mask=mb["batch"].attention_mask).logits
+            (logits.float().logsumexp(-1).mean() + 1e-3 * torch.randn(()).abs()).backward()  # uses the RNG
+            optimizer.step()
+
+    model = tiny_policy("llama")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run(model, optimizer, data[:2])
+    save_distributed_checkpoint(tmp_path / "ckpt", model, optimizer, info, extra={"step": 2})
+    run(model, optimizer, data[2:])
+    resumed = tiny_policy("llama", seed=9)  # other weights: all must come from the checkpoint
+    optimizer2 = torch.optim.Adam(resumed.parameters(), lr=1e-3)
+    assert load_distributed_checkpoint(tmp_path / "ckpt", resumed, optimizer2, info) == {"step": 2}
+    run(resumed, optimizer2, data[2:])
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="directory"):
+        load_distributed_checkpoint(tmp_path / "nothing", resumed, optimizer2, info)
