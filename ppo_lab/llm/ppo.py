@@ -346,6 +346,9 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
             # 3. Reference log-probs, old log-probs (from the sampler: no second pass, the
             #    ratio test holds them equal) and values V(s_t) on the response tokens.
             old_logprobs = logprobs
+            if config.dtype != "fp32":  # §8: the cached 16-bit sampler rounds differently from
+                with precision.autocast():  # the training pass; score once as stage 6 will
+                    old_logprobs = response_logprobs(train_policy, batch, spec).logprobs
             with reference_model(policy, ref_model, device if frozen_home else None) as ref:
                 ref_logprobs = _reference_logprobs(ref, batch, spec, old_logprobs, config)
             old_values = _values(policy, unwrap(train_value), batch, spec)  # [B, T]

@@ -59,6 +59,18 @@ def test_ratio_is_one_at_the_first_minibatch_of_every_iteration(tokenizer, arch,
     assert result.history[-1]["policy/approx_kl"] > 1e-6  # the policy did move between iterations
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ratio_is_one_under_bf16_autocast(tokenizer, arch):
+    """--dtype bf16: training runs under autocast, so old log-probs come from one scoring pass
+    in that precision (the float32 sampler's would put the first ratio ~1e-3 off)."""
+    policy, ref, reward = _models(tokenizer, arch)
+    config = RLHFConfig(**SMALL, dtype="bf16")
+    result = train(config, policy=policy, ref_model=ref, reward_model=reward, tokenizer=tokenizer)
+    errors = [row["policy/ratio_error"] for row in result.history]
+    # with the sampler's float32 log-probs instead, the error is ~1e-3 on these tiny models
+    assert len(errors) == config.iterations and max(errors) <= 1e-4, errors
+
+
 def test_ratio_test_detects_a_temperature_mismatch(tokenizer):
     """The control for the test above: scoring at τ = 1 what was sampled at τ = 0.7 is caught."""
     policy, _, _ = _models(tokenizer)
