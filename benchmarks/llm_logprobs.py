@@ -4,7 +4,7 @@ two samplers. Writes ``ppo_lab/results/llm_logprobs.json`` and prints the tables
 Part 1, scoring a batch of B responses of T tokens after P prompt tokens, three implementations,
 checked against each other (max |Δ| ≤ 1e-5) before they are timed:
 
-- ``loop``: the seed's per-token loop with its off-by-one corrected (errata 1) —
+- ``loop``: errata 1's per-token loop with its off-by-one corrected —
   ``ppo_lab.llm.reference_loop_logprobs``: for each sequence and each t, a forward pass over the
   prompt and ``y_<t``, last position's logits. B·T forward passes, O(T²) work.
 - ``batched``: ``ppo_lab.llm.response_logprobs`` — one forward pass over ``[B, P + T]``, the LM

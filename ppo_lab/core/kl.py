@@ -2,7 +2,7 @@
 
 Schulman, "Approximating KL Divergence" (2020, http://joschu.net/blog/kl-approx.html) for
 k1/k2/k3; Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", §2.2 for
-the adaptive controller. The seed's ``F.kl_div(log π, p_sft)`` computes KL(sft‖π), not
+the adaptive controller. A common ``F.kl_div(log π, p_sft)`` computes KL(sft‖π), not
 KL(π‖sft) (errata 5); these estimators are written for samples of π, the policy being trained.
 """
 
@@ -72,7 +72,7 @@ class AdaptiveKLController(_KLController):
     ``update`` does e = clip(current_kl / target − 1, −0.2, 0.2) and
     β ← β · (1 + e · n_steps / horizon). ``current_kl`` is the batch mean of each sequence's KL
     summed over its response tokens; ``n_steps`` is the number of sequences in the batch.
-    The seed used this class but never defined it (errata 12).
+    Errata 12 shows a trainer that uses such a class without defining it.
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: float):

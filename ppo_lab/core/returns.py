@@ -2,8 +2,8 @@
 
 Time is dim 0: toy-RL tensors are ``[T, N]`` (steps × parallel envs), and any trailing shape
 works. ``episode_ends[t]`` is True where step ``t`` is the last step of an episode (terminated
-or truncated), so nothing flows back across it: the seed's GAE leaked across episode ends when
-trajectories were concatenated (errata 3).
+or truncated), so nothing flows back across it: a GAE over concatenated trajectories leaks across episode
+ends (errata 3).
 """
 
 from __future__ import annotations

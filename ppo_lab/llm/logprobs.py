@@ -113,7 +113,7 @@ def reference_loop_logprobs(model, batch: SequenceBatch, spec: SamplingSpec) -> 
     """The per-token loop, corrected: for each sequence and each response token t, run the model
     on the prompt (no padding) + ``y_<t`` and score ``y_t`` with the LAST position's logits.
 
-    The slow twin of ``response_logprobs`` (errata 1: the seed fed ``y_≤t``, so the logits had
+    The slow twin of ``response_logprobs`` (errata 1: the mistaken loop fed ``y_≤t``, so the logits had
     already seen the token, and it re-ran the model T times, O(T²) work). No padding and default
     positions, so it also checks the left-padding and ``position_ids`` handling. The log-softmax
     is taken in float64. Returns float32 ``[B, T]``, 0 outside ``response_mask``.

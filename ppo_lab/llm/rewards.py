@@ -1,5 +1,5 @@
 """Rewards of §6: the Bradley–Terry loss of the reward model, per-token rewards (terminal score
-+ −β·KL per token), the reference mixture, score whitening and clipping, and the seed's
++ −β·KL per token), the reference mixture, score whitening and clipping, and the mistaken
 "spread the score over the tokens" form (errata 4) for comparison.
 
 Symbols: r(x, y) ↔ ``scores [B]``; log π ↔ ``logprobs [B, T]``; log π_ref ↔ ``ref_logprobs``;
@@ -132,7 +132,7 @@ def clip_scores(scores: torch.Tensor, clip: float) -> torch.Tensor:
 
 def spread_reward_over_tokens(scores: torch.Tensor, response_mask: torch.Tensor,
                               response_lengths: torch.Tensor) -> torch.Tensor:
-    """The seed's attribution (errata 4), kept for the comparison in §6: every real response
+    """The mistaken attribution of errata 4, kept for the comparison in §6: every real response
     token gets ``r(x, y) / length`` and there is no KL term. ``[B]`` → ``[B, T]``, 0 on padding.
 
     Wrong for PPO-RLHF: the sum is the same, but a token's return now depends on how many tokens

@@ -19,7 +19,7 @@ Sharding: DDP (:func:`wrap_model`) keeps a full copy of the model on every rank;
 (``torch.distributed.fsdp.fully_shard``, ``fsdp=True``) keeps 1/N of every parameter, gradient
 and Adam moment per rank and all-gathers a layer's weights just before it runs. Both reduce
 gradients in ``backward``, so the training forward must go through the wrapper; generation
-runs on the unwrapped module (:func:`generation_model`, seed erratum 11).
+runs on the unwrapped module (:func:`generation_model`, errata 11).
 
 Shapes: B sequences, T response tokens; masks are bool ``[B, T]`` (True = counted).
 """
@@ -436,7 +436,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP/compiled wrapper: call ``generate`` and ``save_pretrained`` on this.
 
     ``DistributedDataParallel`` only forwards ``forward``; ``ddp_model.generate(...)`` raises
-    ``AttributeError`` (seed erratum 11). FSDP2 has no wrapper (it changes the module's class in
+    ``AttributeError`` (errata 11). FSDP2 has no wrapper (it changes the module's class in
     place), so an FSDP2 model is its own unwrapped module.
     """
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
