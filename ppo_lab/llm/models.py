@@ -30,11 +30,12 @@ from transformers import (
     PreTrainedModel,
 )
 
+from ppo_lab.scale.precision import DTYPES
+
 from .sequences import SequenceBatch, last_token_index, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCHS = ("gpt2", "llama")
 
 
@@ -58,15 +59,21 @@ def quiet_transformers():
             transformers.logging.enable_progress_bar()
 
 
+def looks_local(path_or_id: str) -> bool:
+    """A local path rather than a hub id ("org/name"): it starts with ``.``, ``/`` or ``~``, exists,
+    or has more than one ``/`` — so a typo in a path is reported, never tried as a hub download."""
+    return path_or_id.startswith((".", "/", "~")) or Path(path_or_id).exists() or path_or_id.count("/") > 1
+
+
 def _from_pretrained(loader, path_or_id, name: str, **kwargs):
     """``loader.from_pretrained(path_or_id)``; a missing directory or unknown id is a ValueError."""
     path_or_id = str(path_or_id)
-    looks_local = path_or_id.startswith((".", "/", "~")) or Path(path_or_id).exists() or path_or_id.count("/") > 1
-    if looks_local and not Path(path_or_id).expanduser().is_dir():
+    local = looks_local(path_or_id)
+    if local and not Path(path_or_id).expanduser().is_dir():
         raise ValueError(f"{name}: no such directory {path_or_id!r}")
     try:
         with quiet_transformers():
-            return loader.from_pretrained(str(Path(path_or_id).expanduser()) if looks_local else path_or_id, **kwargs)
+            return loader.from_pretrained(str(Path(path_or_id).expanduser()) if local else path_or_id, **kwargs)
     except OSError as err:  # not on disk, and the hub is offline (HF_HUB_OFFLINE=1) or has no such id
         raise ValueError(f"{name}: cannot load {path_or_id!r} (not a local directory; hub: {err})") from None
 

@@ -43,7 +43,7 @@ from ppo_lab.scale.distributed import (ForwardWith, all_reduce_stats, derive_mic
                                        global_mean, init_distributed, rank_seed, shard, unwrap,
                                        wrap_model)
 from ppo_lab.scale.memory import add_lora, enable_activation_checkpointing, on_device, reference_model
-from ppo_lab.scale.precision import Precision
+from ppo_lab.scale.precision import DType, Precision
 
 from .logprobs import response_logprobs
 from .models import (ValueHead, load_causal_lm, load_scalar_model, load_tokenizer,
@@ -153,7 +153,7 @@ class RLHFConfig(ConfigBase):
     """Held-out prompts per evaluation."""
     device: str = "cpu"
     """torch device for every model, e.g. cpu, cuda, cuda:1."""
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: DType = "fp32"
     """Compute dtype (§8): bf16/fp16 autocast around the trained models' forward, float32 master
     weights, Adam state, log-probs and losses (fp16 adds a GradScaler); the frozen reference and
     reward models are stored in this dtype."""

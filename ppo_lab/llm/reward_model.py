@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +39,7 @@ from ppo_lab.llm.sequences import SequenceBatch, left_pad
 from ppo_lab.llm.sft import adamw_with_warmup, batch_indices, check_model_path, encode_examples
 from ppo_lab.llm.task import ReviewTask, read_jsonl
 from ppo_lab.runs import write_run_files
+from ppo_lab.scale.precision import DType
 
 __all__ = ["RMConfig", "RMResult", "pair_batch", "policy_pair_agreement", "preference_accuracy",
            "train_reward_model"]
@@ -88,7 +89,7 @@ class RMConfig(ConfigBase):
     """Seeds the score head's initialisation, the order of the pairs and the policy samples."""
     device: str = "cpu"
     """torch device, e.g. cpu, cuda, cuda:1, mps."""
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: DType = "fp32"
     """Weights dtype: fp32, bf16 or fp16 (scores and loss in float32)."""
     torch_threads: int = 1
     """torch intra-op threads; 0 leaves torch's default."""

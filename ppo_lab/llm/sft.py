@@ -32,17 +32,17 @@ from tqdm.auto import tqdm
 from ppo_lab.checkpoint import seed_everything
 from ppo_lab.config import ConfigBase, check_field
 from ppo_lab.core import logprobs_from_logits, masked_mean
-from ppo_lab.llm.models import (build_model, load_causal_lm, load_tokenizer, quiet_transformers,
-                                tiny_config)
+from ppo_lab.llm.models import (build_model, load_causal_lm, load_tokenizer, looks_local,
+                                quiet_transformers, tiny_config)
 from ppo_lab.llm.sequences import SequenceBatch
 from ppo_lab.llm.task import ReviewTask, read_jsonl, train_tokenizer
 from ppo_lab.runs import write_run_files
+from ppo_lab.scale.precision import DTYPES, DType
 
 __all__ = ["SFTConfig", "SFTResult", "encode_examples", "evaluate_sft_loss", "sft_loss",
            "train_sft"]
 
 Arch = Literal["gpt2", "llama"]
-DType = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -115,13 +115,11 @@ class SFTConfig(ConfigBase):
 
 
 def check_model_path(path: str | None, name: str) -> None:
-    """A model that looks like a local path (absolute, ./, ../, or an existing parent) must
-    exist: a typo should not become a hub download attempt."""
+    """A model given as a local path (:func:`~ppo_lab.llm.models.looks_local`) must be an existing
+    directory: a typo should not become a hub download attempt."""
     if path is None:
         return
-    p = Path(path)
-    looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
-    check_field(not looks_local or p.expanduser().is_dir(), name,
+    check_field(not looks_local(path) or Path(path).expanduser().is_dir(), name,
                 f"no such model directory {path!r}")
 
 
@@ -183,7 +181,7 @@ def train_sft(config: SFTConfig, *, progress: bool = False, command: str = "") -
             n_head=config.n_head, max_positions=config.max_positions,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id))
-        model = model.to(device=device, dtype=_DTYPES[config.dtype])
+        model = model.to(device=device, dtype=DTYPES[config.dtype])
     else:
         try:
             tokenizer = load_tokenizer(config.model)
@@ -253,9 +251,6 @@ def train_sft(config: SFTConfig, *, progress: bool = False, command: str = "") -
             tokenizer.save_pretrained(out / "tokenizer")
         write_run_files(result, out / "sft", command, curve=("step", "sft/loss"))
     return result
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.no_grad()

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["DTYPES", "Precision"]
+__all__ = ["DTYPES", "DType", "Precision"]
 
+DType = Literal["fp32", "bf16", "fp16"]  # the --dtype choices of every trainer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
