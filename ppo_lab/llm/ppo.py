@@ -18,8 +18,6 @@ response tokens) and are transposed to ``[T, B]`` for the time-major core functi
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -32,16 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ppo_lab import metrics
-from ppo_lab.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, seed_everything,
-                                set_rng_state)
+from ppo_lab.checkpoint import seed_everything
 from ppo_lab.config import ConfigBase, check_field
 from ppo_lab.core import (AdaptiveKLController, FixedKLController, explained_variance,
                           gae_advantages, kl_estimate, masked_mean, ppo_loss)
 from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches
 from ppo_lab.scale.distributed import (ForwardWith, all_reduce_stats, derive_micro_batch_sizes,
-                                       generation_model, global_early_stop, global_masked_whiten,
-                                       global_mean, init_distributed, rank_seed, shard, unwrap,
-                                       wrap_model)
+                                       find_checkpoint, generation_model, global_early_stop,
+                                       global_masked_whiten, global_mean, init_distributed,
+                                       load_distributed_checkpoint, rank_seed,
+                                       save_distributed_checkpoint, shard, unwrap, wrap_model)
 from ppo_lab.scale.memory import add_lora, enable_activation_checkpointing, on_device, reference_model
 from ppo_lab.scale.precision import DType, Precision
 
@@ -179,7 +177,8 @@ class RLHFConfig(ConfigBase):
     checkpoint_every: int = 0
     """Write <out_dir>/ppo/checkpoint every this many iterations and at the end; 0 = never."""
     resume: bool = False
-    """Continue from <out_dir>/ppo/checkpoint if it exists (bit-exact on CPU)."""
+    """Continue from <out_dir>/ppo/checkpoint if it exists (bit-exact on CPU); under torchrun
+    with the same number of processes, --fsdp and --lora-r as the run that wrote it (§8)."""
 
     def validate(self) -> None:
         self._positive_int("iterations", "batch_size", "num_minibatches", "ppo_epochs",
@@ -189,9 +188,6 @@ class RLHFConfig(ConfigBase):
                                "torch_threads", "checkpoint_every", "lora_r")
         check_field(not (self.lora_r and self.ref_model), "ref_model",
                     "with lora_r > 0 the reference is the base weights with adapters off")
-        check_field(not (self.fsdp and (self.checkpoint_every or self.resume)), "fsdp",
-                    "trainer checkpoints are written with DDP or one process; use "
-                    "ppo_lab.scale.distributed.save_distributed_checkpoint for FSDP2")
         for name in ("temperature", "learning_rate", "adam_eps", "clip_eps"):
             self._number(name, low=0.0, low_open=True)
         for name in ("vf_clip_eps", "max_grad_norm", "target_kl", "clip_scores"):
@@ -264,8 +260,6 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         torch.set_num_threads(config.torch_threads)
     info = init_distributed(config.device)  # torchrun's ranks (§8); one process: rank 0 of 1
     config = config.replace(device=str(info.device)) if info.enabled else config
-    check_field(not (config.resume and (info.enabled or config.lora_r)), "resume",
-                "resuming is for one process without LoRA (each rank's sampler state is not saved)")
     sizes = derive_micro_batch_sizes(batch_size=config.batch_size, world_size=info.world_size,
                                      minibatch_size=config.batch_size // config.num_minibatches,
                                      grad_accum_steps=config.grad_accum_steps)
@@ -302,10 +296,10 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
               if config.adaptive_kl else FixedKLController(config.kl_coef))
     result = RLHFResult(policy, value_model, tokenizer, config)
     first = 0
-    if config.resume and (Path(config.out_dir) / CHECKPOINT_DIR).exists():
+    if config.resume and find_checkpoint(Path(config.out_dir) / CHECKPOINT_DIR) is not None:
         first, elapsed = _restore(Path(config.out_dir) / CHECKPOINT_DIR, config, policy,
                                   value_model, optimizer, scheduler, kl_ctl, (generator, sampler),
-                                  result)
+                                  result, info)
         start_time -= elapsed
     eval_prompts = ReviewTask().prompts(config.eval_prompts, seed=config.task_seed + 1) \
         if config.eval_every and not config.prompts else prompts[: config.eval_prompts]
@@ -401,11 +395,11 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         bar.update(1)
         bar.set_postfix(score=f"{float(scores.mean()):.2f}", kl=f"{float(sequence_kl.mean()):.2f}",
                         refresh=False)
-        if info.is_main and config.checkpoint_every and (
+        if config.checkpoint_every and (  # every rank: its own random streams, its shards
                 (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations):
             _save(Path(config.out_dir) / CHECKPOINT_DIR, iteration + 1,
                   time.perf_counter() - start_time, config, policy, value_model, optimizer,
-                  scheduler, kl_ctl, (generator, sampler), result)
+                  scheduler, kl_ctl, (generator, sampler), result, info)
     bar.close()
     if config.eval_every and (not result.evals or result.evals[-1]["iteration"] != config.iterations):
         with generation_model(train_policy) as sampling_policy:
@@ -683,57 +677,44 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
     return out
 
 
-# --- checkpoints: models with save_pretrained, the rest in one atomic state file ---------------
+# --- checkpoints: one code path for one process, DDP and FSDP2 (ppo_lab.scale.distributed) ------
 
 def _save(directory: Path, iteration, elapsed, config, policy, value_model, optimizer, scheduler,
-          kl_ctl, generators, result) -> None:
-    """Write ``directory`` atomically: a fresh sibling directory is filled, then renamed over it
-    (the old one is renamed aside first and removed last, so a kill leaves one of the two)."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+          kl_ctl, generators, result, info) -> None:
+    """Write ``directory`` atomically with ``save_distributed_checkpoint`` (every rank calls it).
+
+    One process and DDP: rank 0 writes ``policy/`` and ``value/`` with ``save_pretrained`` (the
+    adapters only under LoRA; a value head goes into ``state.pt``) and ``state.pt`` (optimiser,
+    LR schedule, β, step, config, world size, log). FSDP2: the models' and optimiser's shards go
+    to ``dcp/`` (``torch.distributed.checkpoint``, each rank its part). Every rank writes
+    ``rng_rank{r}.pt``: its global RNG state and ``generators`` (prompt/minibatch order, and its
+    own token sampler).
+    """
     with quiet_transformers():
-        policy.save_pretrained(tmp / "policy")
-        if isinstance(value_model, ValueHead):
-            save_checkpoint(tmp / "value_head.pt", value_model.state_dict())
-        else:
-            value_model.save_pretrained(tmp / "value")
-    save_checkpoint(tmp / "state.pt", {
-        "iteration": iteration, "elapsed": elapsed, "config": config.to_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "kl_coef": kl_ctl.value, "rng": get_rng_state(),
-        "generators": [g.get_state() for g in generators],
-        "history": result.history, "evals": result.evals})
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+        save_distributed_checkpoint(
+            directory, {"policy": policy, "value": value_model}, optimizer, info, extra={
+                "iteration": iteration, "elapsed": elapsed, "config": config.to_dict(),
+                "scheduler": scheduler.state_dict(), "kl_coef": kl_ctl.value,
+                "history": result.history, "evals": result.evals},
+            generators=generators)
 
 
 def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ctl, generators,
-             result) -> tuple[int, float]:
-    old = directory.with_name(directory.name + ".old")
-    if not (directory / "state.pt").exists() and old.exists():  # killed between the two renames
-        directory = old
-    state = load_checkpoint(directory / "state.pt")
-    saved, current = state["config"], config.to_dict()
-    for f in fields(config):
-        if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
-            raise ValueError(f"{f.name}: checkpoint {directory} was written with "
-                             f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
+             result, info) -> tuple[int, float]:
+    """Load what :func:`_save` wrote; a config field outside ``_RESUMABLE`` that differs, or
+    another number of processes (``world_size``), is a ``ValueError`` naming it, raised before
+    anything is loaded."""
+    def check(saved_state: dict[str, Any]) -> None:
+        saved, current = saved_state["config"], config.to_dict()
+        for f in fields(config):
+            if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
+                raise ValueError(f"{f.name}: checkpoint {directory} was written with "
+                                 f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
+
     with quiet_transformers():
-        policy.load_state_dict(type(policy).from_pretrained(directory / "policy").state_dict())
-        if isinstance(value_model, ValueHead):
-            value_model.load_state_dict(load_checkpoint(directory / "value_head.pt"))
-        else:
-            value_model.load_state_dict(
-                type(value_model).from_pretrained(directory / "value").state_dict())
-    optimizer.load_state_dict(state["optimizer"])
+        state = load_distributed_checkpoint(directory, {"policy": policy, "value": value_model},
+                                            optimizer, info, generators=generators, check=check)
     scheduler.load_state_dict(state["scheduler"])
     kl_ctl.value = state["kl_coef"]
-    set_rng_state(state["rng"])
-    for g, saved_state in zip(generators, state["generators"]):
-        g.set_state(saved_state)
     result.history[:], result.evals[:] = state["history"], state["evals"]
     return state["iteration"], state["elapsed"]

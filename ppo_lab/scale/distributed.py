@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,12 @@ from ppo_lab.core import masked_mean, masked_whiten
 
 __all__ = [
     "DistInfo", "ForwardWith", "MicroBatchSizes", "all_reduce_stats", "cleanup",
-    "derive_micro_batch_sizes", "full_state_dict", "generation_model", "global_early_stop",
-    "global_masked_mean", "global_masked_whiten", "global_mean", "global_mean_var",
-    "init_distributed", "is_fsdp", "is_main_process", "load_distributed_checkpoint", "print_main",
-    "rank_seed", "reduce_device", "save_distributed_checkpoint", "shard", "token_mean_scale",
-    "unwrap", "world_size", "wrap_ddp", "wrap_fsdp", "wrap_model",
+    "derive_micro_batch_sizes", "find_checkpoint", "full_state_dict", "generation_model",
+    "global_early_stop", "global_masked_mean", "global_masked_whiten", "global_mean",
+    "global_mean_var", "init_distributed", "is_fsdp", "is_main_process",
+    "load_distributed_checkpoint", "print_main", "rank_seed", "reduce_device",
+    "save_distributed_checkpoint", "shard", "token_mean_scale", "unwrap", "world_size", "wrap_ddp",
+    "wrap_fsdp", "wrap_model",
 ]
 
 
@@ -480,84 +482,167 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     ranks) — a collective, so every rank calls it; ``save_pretrained(path, state_dict=…)`` on
     rank 0 then writes ordinary weights. ``None`` for a model with no sharded parameter."""
     inner = unwrap(model)
-    if not any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+    if not _sharded(inner):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                                info: DistInfo, extra: dict[str, Any] | None = None) -> Path:
-    """Save a resumable checkpoint from every rank's point of view (§8).
+_STATE_KEYS = ("world_size", "optimizer", "models")  # state.pt's own entries; the rest is ``extra``
 
+
+def save_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module | dict[str, nn.Module],
+                                optimizer: torch.optim.Optimizer, info: DistInfo,
+                                extra: dict[str, Any] | None = None, *,
+                                generators: Sequence[torch.Generator] = ()) -> Path:
+    """Save a resumable checkpoint from every rank's point of view (§8), atomically.
+
+    ``model`` is one module or several sharing ``optimizer`` by name (``{"policy": …, "value":
+    …}``; one module is named ``"model"``), each the module inside its DDP wrapper or an FSDP2
+    module. Layout of ``directory``:
+
+    - ``state.pt`` (rank 0): ``extra`` (step, schedules, config, log …) at the top level, the
+      world size, and — DDP / one process — the optimiser state and the ``state_dict`` of every
+      model that has no ``save_pretrained``.
+    - DDP / one process: the ranks hold identical copies, so rank 0 alone writes each Hugging
+      Face model with ``save_pretrained`` into ``directory/<name>`` (adapters only for a peft
+      model).
     - FSDP2: ``torch.distributed.checkpoint`` (``dcp.save``) writes each rank's shards of the
-      model and the optimiser in parallel into ``directory/dcp`` — no rank ever holds the whole
+      models and the optimiser in parallel into ``directory/dcp`` — no rank ever holds a whole
       model (``get_state_dict`` gives the sharded state dicts).
-    - DDP / one process: the ranks hold identical copies, so rank 0 alone writes the model
-      (``save_pretrained`` into ``directory/model`` for Hugging Face models — adapters only for a
-      peft model —, else ``state_dict``) and the optimiser state.
+    - ``rng_rank{r}.pt`` (every rank): its global RNG state and the state of each of
+      ``generators``, since each rank samples from its own stream (:func:`rank_seed`).
 
-    ``extra`` (step, KL controller, config …) is written by rank 0; every rank writes its own RNG
-    state (``rng_rank{r}.pt``), since each samples from its own stream (:func:`rank_seed`).
-    Ranks meet at a barrier at the end, so the checkpoint is complete when any rank returns.
+    Every rank writes into ``<directory>.tmp``; after a barrier (all files written) rank 0 renames
+    it over ``directory`` (the old one renamed aside first and removed last, so a process killed
+    at any instant leaves a complete checkpoint in ``directory`` or ``<directory>.old``), and a
+    last barrier makes the checkpoint complete when any rank returns. Every rank calls this.
     """
     directory = Path(directory)
-    if is_fsdp(unwrap(model)):
+    extra = dict(extra or {})
+    if clash := set(extra) & set(_STATE_KEYS):
+        raise ValueError(f"extra: keys {sorted(clash)} are reserved for the checkpoint itself")
+    models = model if isinstance(model, dict) else {"model": model}
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    state = {**extra, "world_size": info.world_size}
+    if _sharded(*models.values()):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(unwrap(model), optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+        model_sd, optim_sd = get_state_dict(_as_module(models), optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     elif info.is_main:
-        inner = unwrap(model)
-        state = {"optimizer": optimizer.state_dict()}
-        if hasattr(inner, "save_pretrained"):
-            inner.save_pretrained(directory / "model")
-        else:
-            state["model"] = inner.state_dict()
-        save_checkpoint(directory / "trainer_state.pt", state)
+        state["optimizer"], state["models"] = optimizer.state_dict(), {}
+        for name, m in models.items():
+            inner = unwrap(m)
+            if hasattr(inner, "save_pretrained"):
+                inner.save_pretrained(tmp / name)
+            else:
+                state["models"][name] = inner.state_dict()
     if info.is_main:
-        save_checkpoint(directory / "extra.pt", {"extra": extra or {}})
-    save_checkpoint(directory / f"rng_rank{info.rank}.pt", get_rng_state())
-    if dist.is_initialized():
-        dist.barrier()
+        save_checkpoint(tmp / "state.pt", state)
+    save_checkpoint(tmp / f"rng_rank{info.rank}.pt",
+                    {"rng": get_rng_state(), "generators": [g.get_state() for g in generators]})
+    _barrier()  # every rank's files are in tmp
+    if info.is_main:
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return directory
 
 
-def load_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                                info: DistInfo) -> dict[str, Any]:
-    """Restore what :func:`save_distributed_checkpoint` wrote into an already wrapped ``model``
-    and its ``optimizer`` (built the same way); sets this rank's RNG state; returns ``extra``.
-
-    DDP / one process: every rank reads the same files (the weights were identical when saved).
-    A Hugging Face model's weights are read back from ``directory/model`` with safetensors.
-    """
+def find_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint :func:`save_distributed_checkpoint` left at ``directory``: itself, or
+    ``<directory>.old`` when a process was killed between the two renames; ``None`` if neither."""
     directory = Path(directory)
-    if not (directory / "extra.pt").is_file():
-        raise ValueError(f"directory: no checkpoint in {str(directory)!r} (extra.pt missing)")
-    inner = unwrap(model)
-    if is_fsdp(inner):
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / "state.pt").is_file():
+            return candidate
+    return None
+
+
+def load_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module | dict[str, nn.Module],
+                                optimizer: torch.optim.Optimizer, info: DistInfo, *,
+                                generators: Sequence[torch.Generator] = (),
+                                check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Restore what :func:`save_distributed_checkpoint` wrote into the already wrapped
+    ``model`` (the same names) and its ``optimizer`` (built the same way); sets this rank's RNG
+    state and ``generators``; returns ``extra``. Every rank calls this.
+
+    Before anything is loaded: a checkpoint written by another number of processes is a
+    ``ValueError`` naming ``world_size`` (each rank's random streams and, under FSDP2, shards
+    belong to one world size), and ``check(extra)`` runs (a trainer compares its config there).
+    DDP / one process: every rank reads the same files (the weights were identical when saved);
+    a Hugging Face model's weights are read back from ``directory/<name>`` with safetensors.
+    """
+    found = find_checkpoint(directory)
+    if found is None:
+        raise ValueError(f"directory: no checkpoint in {str(directory)!r} (state.pt missing)")
+    state = load_checkpoint(found / "state.pt", map_location=info.device)
+    if state["world_size"] != info.world_size:
+        raise ValueError(
+            f"world_size: checkpoint {str(found)!r} was written by {state['world_size']} process(es), "
+            f"this run has {info.world_size}; resume with torchrun --nproc-per-node "
+            f"{state['world_size']} (times the number of nodes)")
+    extra = {k: v for k, v in state.items() if k not in _STATE_KEYS}
+    if check is not None:
+        check(extra)
+    models = model if isinstance(model, dict) else {"model": model}
+    if _sharded(*models.values()):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        model_sd, optim_sd = get_state_dict(inner, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(directory / "dcp"))
-        set_state_dict(inner, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        container = _as_module(models)
+        model_sd, optim_sd = get_state_dict(container, optimizer)
+        sharded = {"model": model_sd, "optim": optim_sd}
+        dcp.load(sharded, checkpoint_id=str(found / "dcp"))
+        set_state_dict(container, optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict=sharded["optim"])
     else:
-        state = load_checkpoint(directory / "trainer_state.pt", map_location=info.device)
-        if "model" in state:
-            inner.load_state_dict(state["model"])
-        else:
-            _load_pretrained_weights(inner, directory / "model")
+        for name, m in models.items():
+            inner = unwrap(m)
+            if name in state["models"]:
+                inner.load_state_dict(state["models"][name])
+            else:
+                _load_pretrained_weights(inner, found / name)
         optimizer.load_state_dict(state["optimizer"])
-    rng = directory / f"rng_rank{info.rank}.pt"
+    rng = found / f"rng_rank{info.rank}.pt"
     if not rng.is_file():
-        raise ValueError(f"directory: {str(directory)!r} has no RNG state for rank {info.rank} "
-                         "(saved with a different number of processes?)")
-    set_rng_state(load_checkpoint(rng))
-    return load_checkpoint(directory / "extra.pt")["extra"]
+        raise ValueError(f"directory: {str(found)!r} has no RNG state for rank {info.rank}")
+    saved = load_checkpoint(rng)
+    set_rng_state(saved["rng"])
+    if len(saved["generators"]) != len(generators):
+        raise ValueError(f"generators: the checkpoint holds {len(saved['generators'])}, "
+                         f"{len(generators)} given")
+    for g, g_state in zip(generators, saved["generators"]):
+        g.set_state(g_state)
+    return extra
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sharded(*models: nn.Module) -> bool:
+    """Whether any parameter is an FSDP2 ``DTensor`` shard."""
+    return any(type(p).__name__ == "DTensor" for m in models for p in m.parameters())
+
+
+def _as_module(models: dict[str, nn.Module]) -> nn.Module:
+    """One module to hand ``get_state_dict``: the model itself, or the models as children of an
+    ``nn.ModuleDict`` (parameter names ``policy.…``, ``value.…``) when they share an optimiser."""
+    if list(models) == ["model"]:
+        return unwrap(models["model"])
+    return nn.ModuleDict({name: unwrap(m) for name, m in models.items()})
 
 
 def _load_pretrained_weights(model: nn.Module, path: Path) -> None:

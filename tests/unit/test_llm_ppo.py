@@ -266,3 +266,37 @@ def test_empty_responses_are_an_error():
                                      torch.zeros(2, 4, dtype=torch.long), torch.tensor([2, 0]))
     with pytest.raises(ValueError, match="^max_new_tokens: .*rows \\[1\\]"):
         ppo._check_rollout(batch)
+
+
+def test_lora_run_stopped_and_resumed_equals_uninterrupted(tmp_path, tokenizer):
+    """lora_r > 0: the checkpoint's policy/ holds the adapters only (save_pretrained of the peft
+    model; the base stays the frozen reference); stopped after 1 iteration and resumed in a new
+    train() to 3, the weights, log and β equal those of a run never stopped (§8)."""
+    times = {"time", "tokens_per_second", "time/generate", "time/score", "time/train",
+             "time/iteration"}
+    config = RLHFConfig(**SMALL, lora_r=4, adaptive_kl=True, warmup_iterations=3,
+                        out_dir=str(tmp_path))
+
+    def run(**changes):
+        policy, ref, reward = _models(tokenizer)  # fresh objects: add_lora changes the model
+        return train(config.replace(**changes), policy=policy, ref_model=ref, reward_model=reward,
+                     tokenizer=tokenizer)
+
+    clean = run(out_dir=None)
+    run(iterations=1, checkpoint_every=1)
+    saved = tmp_path / ppo.CHECKPOINT_DIR / "policy"
+    assert (saved / "adapter_model.safetensors").is_file() and not (saved / "model.safetensors").exists()
+    resumed = run(checkpoint_every=1, resume=True)
+    trained = [n for n, p in resumed.policy.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    for a, b in ((resumed.policy, clean.policy), (resumed.value_model, clean.value_model)):
+        want = dict(b.named_parameters())
+        got = dict(a.named_parameters())
+        assert got.keys() == want.keys()
+        for name, w in want.items():
+            assert torch.equal(got[name], w), name
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in times} for r in rows]  # noqa: E731
+    assert len(resumed.history) == 3 and drop(resumed.history) == drop(clean.history)
+    assert resumed.history[-1]["objective/kl_coef"] != config.kl_coef  # adaptive β restored
+    with pytest.raises(ValueError, match="^lora_r: .* 4, this run has 8"):
+        run(lora_r=8, checkpoint_every=1, resume=True)
