@@ -175,10 +175,11 @@ class RLHFConfig(ConfigBase):
     """Write <out_dir>/ppo: checkpoints and, from the CLI, the trained policy, value model,
     metrics and learning curve; None = keep in memory only."""
     checkpoint_every: int = 0
-    """Write <out_dir>/ppo/checkpoint every this many iterations and at the end; 0 = never."""
+    """Write <out_dir>/ppo/checkpoint every this many iterations and at the end; 0 = never.
+    Under torchrun every rank writes its random state, and --fsdp its shards (§8)."""
     resume: bool = False
-    """Continue from <out_dir>/ppo/checkpoint if it exists (bit-exact on CPU); under torchrun
-    with the same number of processes, --fsdp and --lora-r as the run that wrote it (§8)."""
+    """Continue from <out_dir>/ppo/checkpoint if it exists (bit-exact on CPU); also under torchrun
+    (DDP or --fsdp) and with --lora-r, given the same number of processes and settings (§8)."""
 
     def validate(self) -> None:
         self._positive_int("iterations", "batch_size", "num_minibatches", "ppo_epochs",
