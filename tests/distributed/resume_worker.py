@@ -3,7 +3,7 @@
     torchrun --nproc-per-node 2 tests/distributed/resume_worker.py OUT_DIR first
     torchrun --nproc-per-node 2 tests/distributed/resume_worker.py OUT_DIR resume
 
-For DDP and FSDP2, phase ``first`` trains the RLHF trainer ``ITERATIONS`` iterations without a
+For each of ``MODES`` (DDP, FSDP2, FSDP2 with LoRA and a value head), phase ``first`` trains the RLHF trainer ``ITERATIONS`` iterations without a
 checkpoint (the uninterrupted run), then ``STOP`` iterations with ``checkpoint_every=STOP`` into
 OUT_DIR/<mode>; phase ``resume`` (a new launch: fresh processes) continues that checkpoint to
 ``ITERATIONS``. Each rank saves its final weights (whole tensors), its log and its evaluations.
@@ -20,7 +20,8 @@ from ppo_lab.llm.ppo import PRESETS, RLHFConfig, train
 from ppo_lab.scale.distributed import cleanup, init_distributed
 
 ITERATIONS, STOP = 3, 1
-MODES = {"ddp": dict(), "fsdp": dict(fsdp=True)}
+MODES = {"ddp": dict(), "fsdp": dict(fsdp=True),
+         "fsdp_lora_head": dict(fsdp=True, lora_r=4, value_design="head")}
 
 
 def config(mode: str, out_dir: Path | None = None, **changes) -> RLHFConfig:

@@ -1,7 +1,8 @@
 """The RLHF trainer's checkpoints under torchrun (2 gloo CPU ranks, §8): a run stopped after a
 checkpoint and resumed by a new torchrun launch ends with the same weights, log and evaluations
 as a run never stopped — DDP (rank-0 ``save_pretrained`` + optimiser) and FSDP2
-(``torch.distributed.checkpoint``), each rank with its own random streams. A checkpoint written
+(``torch.distributed.checkpoint``; also with LoRA and a value head), each rank with its own random
+streams. A checkpoint written
 by 2 processes refuses to resume in 1.
 
 Two launches of ``resume_worker.py`` (``first``, then ``resume``) compute everything.
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from resume_worker import ITERATIONS, STOP, config  # noqa: E402
+from resume_worker import ITERATIONS, MODES, STOP, config  # noqa: E402
 from test_scale_distributed import _env, _free_port, _torchrun  # noqa: E402
 
 from ppo_lab.llm.ppo import CHECKPOINT_DIR, train  # noqa: E402
@@ -44,7 +45,7 @@ def _drop_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMES} for row in rows]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", MODES)  # DDP, FSDP2, FSDP2 with LoRA and a value head
 def test_resumed_run_equals_uninterrupted(runs, mode):
     _, ranks = runs
     for res in ranks:
@@ -62,7 +63,7 @@ def test_resumed_run_equals_uninterrupted(runs, mode):
         assert lrs == pytest.approx([1e-4 / 3, 2e-4 / 3, 1e-4], rel=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", MODES)
 def test_every_rank_saves_its_own_random_streams(runs, mode):
     out, _ = runs
     ckpt = out / mode / CHECKPOINT_DIR
@@ -70,7 +71,7 @@ def test_every_rank_saves_its_own_random_streams(runs, mode):
     order, sampler = zip(*(s["generators"] for s in states))
     assert torch.equal(order[0], order[1])  # prompts and minibatches: one order for all ranks
     assert not torch.equal(sampler[0], sampler[1])  # tokens: each rank its own stream
-    assert (ckpt / "dcp").is_dir() == (mode == "fsdp")
+    assert (ckpt / "dcp").is_dir() == (mode != "ddp")
     assert (ckpt / "policy" / "model.safetensors").is_file() == (mode == "ddp")
     assert not ckpt.with_name(ckpt.name + ".tmp").exists()
 
