@@ -3,10 +3,10 @@
     torchrun --nproc-per-node 2 tests/distributed/resume_worker.py OUT_DIR first
     torchrun --nproc-per-node 2 tests/distributed/resume_worker.py OUT_DIR resume
 
-For each of ``MODES`` (DDP, FSDP2, FSDP2 with LoRA and a value head), phase ``first`` trains the RLHF trainer ``ITERATIONS`` iterations without a
-checkpoint (the uninterrupted run), then ``STOP`` iterations with ``checkpoint_every=STOP`` into
-OUT_DIR/<mode>; phase ``resume`` (a new launch: fresh processes) continues that checkpoint to
-``ITERATIONS``. Each rank saves its final weights (whole tensors), its log and its evaluations.
+For each of ``MODES`` (DDP, FSDP2, FSDP2 with LoRA and a value head), phase ``first`` trains the
+RLHF trainer ``ITERATIONS`` iterations without a checkpoint (the uninterrupted run), then ``STOP``
+iterations with ``checkpoint_every=STOP`` into OUT_DIR/<mode>; phase ``resume`` (a new launch:
+fresh processes) continues that checkpoint to ``ITERATIONS``. Each rank saves its final weights (whole tensors), its log and its evaluations.
 """
 
 from __future__ import annotations
