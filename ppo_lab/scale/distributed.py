@@ -517,7 +517,8 @@ def save_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module |
     Every rank writes into ``<directory>.tmp``; after a barrier (all files written) rank 0 renames
     it over ``directory`` (the old one renamed aside first and removed last, so a process killed
     at any instant leaves a complete checkpoint in ``directory`` or ``<directory>.old``), and a
-    last barrier makes the checkpoint complete when any rank returns. Every rank calls this.
+    last barrier makes the checkpoint complete when any rank returns. Every rank calls this; on
+    several nodes ``directory`` must be on a filesystem they share (as ``dcp`` itself assumes).
     """
     directory = Path(directory)
     extra = dict(extra or {})
