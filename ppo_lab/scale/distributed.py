@@ -588,6 +588,9 @@ def load_distributed_checkpoint(directory: str | os.PathLike, model: nn.Module |
     if found is None:
         raise ValueError(f"directory: no checkpoint in {str(directory)!r} (state.pt missing)")
     state = load_checkpoint(found / "state.pt", map_location=info.device)
+    if "world_size" not in state:
+        raise ValueError(f"directory: {str(found)!r} was not written by save_distributed_checkpoint "
+                         "(no world size in state.pt)")
     if state["world_size"] != info.world_size:
         raise ValueError(
             f"world_size: checkpoint {str(found)!r} was written by {state['world_size']} process(es), "
