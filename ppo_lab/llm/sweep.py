@@ -63,7 +63,7 @@ class SweepConfig(ConfigBase):
 
 SWEEP_PRESETS: dict[str, tuple[str, SweepConfig]] = {
     "tiny": ("the review task: the committed tiny SFT policy and reward model, 4 β x 3 seeds",
-             SweepConfig(ppo=PRESETS["tiny"][1].replace(iterations=60, eval_every=10,
+             SweepConfig(ppo=PRESETS["tiny"][1].replace(iterations=60, eval_every=2,
                                                        eval_prompts=128))),
 }
 
