@@ -11,10 +11,12 @@ held-out prompts of ``RLHFConfig.eval_prompts`` (review-task seed ``task_seed + 
   proxy reward model ranks highest kept, n = 1, 2, 4, …, 64; its KL to the SFT policy is at most
   log n − (n − 1)/n (Stiennon et al. 2020, appendix G; Beirami et al. 2024);
 - PPO, one run per seed: the gold reward, proxy score and KL on the same prompts at every
-  evaluation, wall-clock and CPU seconds of the run. A run's gain is (gold − SFT mean) / SFT std;
-  the gap it closes is (gold − SFT mean) / (best-of-64-by-gold − SFT mean); at each best-of-n's
-  KL bound the PPO curve's gold (linear interpolation between evaluations) is set against the
-  best-of-n-by-proxy gold.
+  evaluation (``--eval-every``, default every iteration: evaluation samples from its own seeded
+  generator, so it does not change the training run), wall-clock and CPU seconds of the run. A
+  run's gain is (gold − SFT mean) / SFT std; the gap it closes is (gold − SFT mean) /
+  (best-of-64-by-gold − SFT mean); at each best-of-n's KL bound the PPO curve's gold (linear
+  interpolation between evaluations) is set against the best-of-n-by-proxy gold, and
+  ``beats_best_of_n_at_matched_kl`` says whether PPO's is higher at every n.
 """
 
 from __future__ import annotations
@@ -108,13 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's")
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="evaluate on the held-out prompts every K iterations (default 1)")
     parser.add_argument("--model", default=None, help="SFT policy (default: committed tiny)")
     parser.add_argument("--reward-model", default=None, help="default: committed tiny")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    base = PRESETS["tiny"][1].replace(model=args.model, reward_model=args.reward_model)
+    base = PRESETS["tiny"][1].replace(model=args.model, reward_model=args.reward_model,
+                                      eval_every=args.eval_every)
     if args.iterations:
         base = base.replace(iterations=args.iterations)
     prompts = ReviewTask().prompts(base.eval_prompts, seed=base.task_seed + 1)
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
                  "ppo_gold_at_kl": interpolate(kls, golds, row["kl_bound"]),
                  "best_of_n_gold": row["gold_best_by_proxy"]}
                 for row in baseline["best_of_n"] if row["n"] > 1]})
+        matched = run["vs_best_of_n_by_proxy"]
+        run["beats_best_of_n_at_matched_kl"] = all(
+            r["ppo_gold_at_kl"] is not None and r["ppo_gold_at_kl"] > r["best_of_n_gold"] for r in matched)
         runs.append(run)
         print(f"seed {seed}: gold {mean:.3f} -> {final['gold']:.3f} "
               f"({run['gain_in_sft_std']:+.2f} SFT std, {run['gap_closed_to_best_of_64']:.0%} "
@@ -143,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"sft": {k: v for k, v in baseline.items() if k != "best_of_n"},
                "best_of_64_by_gold": best64,
                "min_gain_in_sft_std": min(r["gain_in_sft_std"] for r in runs),
-               "min_gap_closed_to_best_of_64": min(r["gap_closed_to_best_of_64"] for r in runs)}
+               "min_gap_closed_to_best_of_64": min(r["gap_closed_to_best_of_64"] for r in runs),
+               "seeds_beating_best_of_n_at_matched_kl": sum(r["beats_best_of_n_at_matched_kl"]
+                                                           for r in runs)}
     path = write("rlhf_tiny", {"preset": base.to_dict(), "seeds": args.seeds,
                                "eval_prompts": len(prompts), "torch_threads": 1,
                                "best_of_n": baseline["best_of_n"]},

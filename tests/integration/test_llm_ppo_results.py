@@ -91,7 +91,12 @@ def test_rlhf_tiny_summary_is_what_the_runs_give():
         kls, golds = [e["kl"] for e in run["evals"]], [e["gold"] for e in run["evals"]]
         for row in run["vs_best_of_n_by_proxy"]:
             assert row["ppo_gold_at_kl"] == rlhf_tiny.interpolate(kls, golds, row["kl_bound"])
+        beats = all(r["ppo_gold_at_kl"] is not None and r["ppo_gold_at_kl"] > r["best_of_n_gold"]
+                    for r in run["vs_best_of_n_by_proxy"])
+        assert run["beats_best_of_n_at_matched_kl"] == beats
     assert summary["min_gain_in_sft_std"] == min(r["gain_in_sft_std"] for r in runs)
+    assert summary["seeds_beating_best_of_n_at_matched_kl"] == sum(
+        r["beats_best_of_n_at_matched_kl"] for r in runs)
     for row in config["best_of_n"]:  # the oracle is never beaten by the proxy's pick
         assert row["gold_best_by_gold"] >= row["gold_best_by_proxy"]
         assert abs(row["kl_bound"] - rlhf_tiny.best_of_n_kl_bound(row["n"])) < 1e-12
