@@ -211,7 +211,7 @@ def run_case(model: str, ranks: int, dtype: str, ckpt: bool, lora_r: int, overri
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"case {args} failed:\n{out.stderr[-3000:]}")
-    lines = [line for line in out.stdout.strip().splitlines() if line.startswith("{") and line != "{}"]
+    lines = [line for line in out.stdout.strip().splitlines() if line.startswith("{")]
     return json.loads(lines[-1])
 
 
@@ -224,7 +224,9 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        result = worker(json.loads(args.worker))
+        if result:  # rank 0 only: two ranks writing to one pipe could interleave their lines
+            print(json.dumps(result), flush=True)
         return
     from common import write
 
