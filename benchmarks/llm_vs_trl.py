@@ -23,7 +23,10 @@ Per iteration each worker reports seconds in generate (batched sampling), score 
 value and reward passes, per-token rewards and GAE) and train (the PPO epochs), and the process's
 peak RSS. The model FLOPs of one iteration are counted from the shapes (``model_flops``), and
 the same matmuls are timed alone at their shapes on one thread (``matmul_floor``): that floor is
-the time the arithmetic itself needs, and MFU = floor / measured time.
+the time the arithmetic itself needs, and MFU = floor / measured time. After the timed rounds,
+each side runs once more (warm-up + one iteration, not timed) under ``torch.profiler`` with
+``profile_memory``: the peak of its CPU tensor allocations is its peak tensor memory
+(``peak_tensor_mb``).
 """
 
 from __future__ import annotations
@@ -158,7 +161,27 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_ppo_lab(assets: Path, settings: dict, iterations: int) -> dict:
+def peak_tensor_mb(fn) -> tuple[float, object]:
+    """Run ``fn()`` under ``torch.profiler`` with ``profile_memory``; return the peak of the
+    running sum of its CPU tensor allocations and frees (MiB) and ``fn``'s result.
+
+    The profiler records every allocation and free of the CPU allocator as a ``[memory]`` event;
+    the running sum in time order is the tensor memory held by what ``fn`` allocated, so its
+    maximum is ``fn``'s peak tensor memory (model weights it loads included).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak / 2**20, result
+
+
+def worker_ppo_lab(assets: Path, settings: dict, iterations: int, memory: bool = False) -> dict:
     import torch
 
     from ppo_lab.llm.ppo import RLHFConfig, train
@@ -176,6 +199,9 @@ def worker_ppo_lab(assets: Path, settings: dict, iterations: int) -> dict:
         clip_eps=settings["clip_eps"], vf_clip_eps=settings["vf_clip_eps"],
         vf_coef=settings["vf_coef"], gamma=settings["gamma"], gae_lambda=settings["gae_lambda"],
         max_grad_norm=None, eval_every=0, seed=0, torch_threads=1, dtype="fp32")
+    if memory:  # a separate, untimed run: the profiler slows every operator
+        peak, _ = peak_tensor_mb(lambda: train(config))
+        return {"peak_tensor_mb": peak}
     rss_before = _rss_mb()
     result = train(config)
     rows = [{"generate": r["time/generate"], "score": r["time/score"], "train": r["time/train"],
@@ -184,7 +210,7 @@ def worker_ppo_lab(assets: Path, settings: dict, iterations: int) -> dict:
             "response_length": [r["response/length"] for r in result.history]}
 
 
-def worker_trl(assets: Path, settings: dict, iterations: int) -> dict:
+def worker_trl(assets: Path, settings: dict, iterations: int, memory: bool = False) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
     from datasets import Dataset
@@ -194,6 +220,9 @@ def worker_trl(assets: Path, settings: dict, iterations: int) -> dict:
     from trl.experimental.ppo import ppo_trainer as module
 
     torch.set_num_threads(1)
+    if memory:  # the same run, models loaded inside the profiled window as on ppo_lab's side
+        peak, _ = peak_tensor_mb(lambda: worker_trl(assets, settings, iterations))
+        return {"peak_tensor_mb": peak}
     tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer")
     policy = AutoModelForCausalLM.from_pretrained(assets / "policy")
     ref_policy = AutoModelForCausalLM.from_pretrained(assets / "policy")
@@ -270,20 +299,23 @@ def ensure_trl_venv(venv: Path) -> Path:
     return python
 
 
-def run_side(python: Path, side: str, assets: Path, settings: dict, iterations: int) -> dict:
+def run_side(python: Path, side: str, assets: Path, settings: dict, iterations: int,
+             memory: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([str(python), __file__, "--worker", side, "--assets", str(assets),
-                          "--settings", json.dumps(settings), "--iterations", str(iterations)],
+                          "--settings", json.dumps(settings), "--iterations", str(iterations),
+                          *(["--memory"] if memory else [])],
                          env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{side} worker failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def summarise(rows: list[dict], flops: dict, floor: dict) -> dict:
-    """Medians per side over the timed iterations, ratios and MFU (rounded; the test recomputes)."""
+def summarise(rows: list[dict], flops: dict, floor: dict, peak_tensor: dict | None = None) -> dict:
+    """Medians per side over the timed iterations, ratios and MFU (rounded; the test recomputes);
+    ``peak_tensor``: each side's peak tensor memory (MiB) from its profiled run."""
     import statistics
 
     stages = ("generate", "score", "train", "total")
@@ -302,11 +334,15 @@ def summarise(rows: list[dict], flops: dict, floor: dict) -> dict:
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in mine), 1),
             "mfu": round(floor_total / med["total"], 4),
             "seconds_over_floor": round(med["total"] / floor_total, 3)}
+        if peak_tensor and side in peak_tensor:
+            summary["per_side"][side]["peak_tensor_mb"] = round(peak_tensor[side], 1)
     if len(summary["per_side"]) == 2:
         ours, trl = summary["per_side"]["ppo_lab"], summary["per_side"]["trl"]
         speedup = round(trl["median_seconds"]["total"] / ours["median_seconds"]["total"], 3)
         summary["speedup ppo_lab/trl"] = speedup
         summary["peak_rss ppo_lab/trl"] = round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3)
+        if "peak_tensor_mb" in ours and "peak_tensor_mb" in trl:
+            summary["peak_tensor ppo_lab/trl"] = round(ours["peak_tensor_mb"] / trl["peak_tensor_mb"], 3)
     return summary
 
 
@@ -321,11 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", choices=["ppo_lab", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--assets", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         work = worker_ppo_lab if args.worker == "ppo_lab" else worker_trl
-        print(json.dumps(work(args.assets, args.settings, args.iterations)))
+        print(json.dumps(work(args.assets, args.settings, args.iterations, memory=args.memory)))
         return
 
     settings = SMOKE if args.smoke else SETTINGS
@@ -349,12 +386,17 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {round_} {side}: "
                       f"{sum(r['total'] for r in out['iterations'][1:]) / args.iterations:.3f} s/it",
                       file=sys.stderr)
+        # Peak tensor memory: one more, profiled and untimed, run per side (warm-up + 1 iteration).
+        peak_tensor = {side: run_side(python, side, assets, settings, 2, memory=True)["peak_tensor_mb"]
+                       for side, python in sides.items()}
+        print(f"peak tensor memory (MiB): {peak_tensor}", file=sys.stderr)
     flops, floor = model_flops(settings), matmul_floor(settings)
-    summary = summarise(rows, flops, floor)
+    summary = summarise(rows, flops, floor, peak_tensor)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import write
 
     config = {**settings, "rounds": rounds, "iterations_per_round": args.iterations,
+              "memory_run_iterations": 2,
               "warmup_iterations_per_round": 1, "torch_threads": 1, "trl_version": TRL_VERSION,
               "trl_venv_pins": TRL_VENV_PINS, "model_flops": flops}
     path = write("llm_vs_trl", config, rows, out=args.out, summary=summary)

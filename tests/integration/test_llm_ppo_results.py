@@ -53,6 +53,21 @@ def test_llm_vs_trl_summary_is_what_the_rows_give():
     assert summary["speedup ppo_lab/trl"] == round(
         trl["median_seconds"]["total"] / ours["median_seconds"]["total"], 3)
     assert summary["peak_rss ppo_lab/trl"] == round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3)
+    assert summary["peak_tensor ppo_lab/trl"] == round(ours["peak_tensor_mb"] / trl["peak_tensor_mb"], 3)
+
+
+def test_peak_tensor_memory_is_the_running_sum_of_allocations():
+    import torch
+
+    def work():
+        a = torch.ones(256, 1024)  # 1 MiB
+        b = torch.ones(512, 1024)  # 2 MiB: 3 MiB held
+        del a
+        c = torch.ones(256, 1024)  # 1 MiB: 3 MiB held again, never more
+        return float(b.sum() + c.sum())
+
+    peak, result = llm_vs_trl.peak_tensor_mb(work)
+    assert result == 3 * 256 * 1024 + 0.0 and abs(peak - 3.0) < 0.01
 
 
 def test_flop_count_by_hand_for_one_shape():
