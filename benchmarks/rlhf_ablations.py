@@ -1,7 +1,7 @@
 """The stability tricks of PPO-RLHF, each switched off or on alone (§7), and a β = 0 run's samples.
 
     python benchmarks/rlhf_ablations.py                 # -> ppo_lab/results/rlhf_ablations.json
-    python benchmarks/rlhf_ablations.py --seeds 1 2 --jobs 2
+    python benchmarks/rlhf_ablations.py --seeds 1 --jobs 1      # one seed, one process
     python benchmarks/rlhf_ablations.py --variants baseline "no gradient clipping" --out /tmp/x.json
 
 Every run is ``ppo-lab rlhf ppo tiny`` (the committed tiny SFT policy and reward model) with one
@@ -81,7 +81,7 @@ def one_run(job: tuple[str, dict, int]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--out", type=Path, default=None)
