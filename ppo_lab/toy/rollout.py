@@ -75,10 +75,12 @@ def make_vector_env(
     """
     if vectorization_mode not in ("auto", "vector_entry_point", "sync", "async"):
         raise ValueError(f"vectorization_mode: unknown mode {vectorization_mode!r}")
-    if str(gym.spec(env_id).entry_point).startswith("gymnasium.envs.mujoco") and not _installed("mujoco"):
+    missing = [m for m in MUJOCO_MODULES if not _installed(m)] \
+        if str(gym.spec(env_id).entry_point).startswith("gymnasium.envs.mujoco") else []
+    if missing:
         raise gym.error.DependencyNotInstalled(
-            f"env_id: {env_id!r} is a MuJoCo task and MuJoCo is not installed; install it with "
-            "pip install 'ppo-lab[mujoco]' (gymnasium[mujoco])")
+            f"env_id: {env_id!r} is a MuJoCo task and {', '.join(missing)} is not installed; "
+            "install it with pip install 'ppo-lab[mujoco]' (gymnasium[mujoco])")
     vector_kwargs = {}
     if vectorization_mode in ("sync", "async") or (
         vectorization_mode == "auto" and gym.spec(env_id).vector_entry_point is None
@@ -105,6 +107,10 @@ def make_vector_env(
     if clip_reward is not None:
         envs = ClipReward(envs, -clip_reward, clip_reward)
     return envs
+
+
+MUJOCO_MODULES = ("mujoco", "imageio")
+"""What gymnasium's MuJoCo environments import (the simulator, and imageio for their renderer)."""
 
 
 def _installed(module: str) -> bool:

@@ -43,6 +43,16 @@ def test_missing_mujoco_names_the_extra(no_mujoco):
     make_vector_env("CartPole-v1", 1).close()  # other tasks are unaffected
 
 
+def test_half_installed_mujoco_names_what_is_missing(monkeypatch):
+    """MuJoCo without imageio (gymnasium's MuJoCo renderer imports it): the same clear error,
+    naming imageio, not a ModuleNotFoundError from inside gymnasium."""
+    monkeypatch.setitem(sys.modules, "imageio", None)
+    for name in [m for m in sys.modules if m.startswith("gymnasium.envs.mujoco")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(gym.error.DependencyNotInstalled, match=r"imageio is not installed.*ppo-lab\[mujoco\]"):
+        make_vector_env("Hopper-v4", 1)
+
+
 def test_cli_exits_with_the_install_command(no_mujoco, capsys, tmp_path):
     assert main(["hopper", "--run-dir", str(tmp_path / "run")]) == 2
     assert "pip install 'ppo-lab[mujoco]'" in capsys.readouterr().err
