@@ -65,12 +65,18 @@ def looks_local(path_or_id: str) -> bool:
     return path_or_id.startswith((".", "/", "~")) or Path(path_or_id).exists() or path_or_id.count("/") > 1
 
 
+def check_model_path(path: str | None, name: str) -> None:
+    """A model given as a local path (:func:`looks_local`) must be an existing directory: a typo
+    should not become a hub download attempt. ``ValueError`` naming ``name``; None passes."""
+    if path is not None and looks_local(path) and not Path(path).expanduser().is_dir():
+        raise ValueError(f"{name}: no such model directory {path!r}")
+
+
 def _from_pretrained(loader, path_or_id, name: str, **kwargs):
     """``loader.from_pretrained(path_or_id)``; a missing directory or unknown id is a ValueError."""
     path_or_id = str(path_or_id)
+    check_model_path(path_or_id, name)
     local = looks_local(path_or_id)
-    if local and not Path(path_or_id).expanduser().is_dir():
-        raise ValueError(f"{name}: no such directory {path_or_id!r}")
     try:
         with quiet_transformers():
             return loader.from_pretrained(str(Path(path_or_id).expanduser()) if local else path_or_id, **kwargs)

@@ -31,12 +31,13 @@ from tqdm.auto import tqdm
 
 from ppo_lab.checkpoint import seed_everything
 from ppo_lab.config import ConfigBase, check_field
-from ppo_lab.llm.models import (load_causal_lm, load_tokenizer, quiet_transformers,
-                                sampling_spec, scalar_model_from_causal_lm, sequence_scores)
+from ppo_lab.llm.models import (check_model_path, load_causal_lm, load_tokenizer,
+                                quiet_transformers, sampling_spec, scalar_model_from_causal_lm,
+                                sequence_scores)
 from ppo_lab.llm.rewards import bradley_terry_loss
 from ppo_lab.llm.rollout import generate
 from ppo_lab.llm.sequences import SequenceBatch, left_pad
-from ppo_lab.llm.sft import adamw_with_warmup, batch_indices, check_model_path, encode_examples
+from ppo_lab.llm.sft import adamw_with_warmup, batch_indices, encode_examples
 from ppo_lab.llm.task import ReviewTask, read_jsonl
 from ppo_lab.runs import write_run_files
 from ppo_lab.scale.precision import DType

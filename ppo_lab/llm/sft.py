@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ppo_lab.checkpoint import seed_everything
 from ppo_lab.config import ConfigBase, check_field
 from ppo_lab.core import logprobs_from_logits, masked_mean
-from ppo_lab.llm.models import (build_model, load_causal_lm, load_tokenizer, looks_local,
+from ppo_lab.llm.models import (build_model, check_model_path, load_causal_lm, load_tokenizer,
                                 quiet_transformers, tiny_config)
 from ppo_lab.llm.sequences import SequenceBatch
 from ppo_lab.llm.task import ReviewTask, read_jsonl, train_tokenizer
@@ -112,15 +112,6 @@ class SFTConfig(ConfigBase):
         check_field(self.model is None or (isinstance(self.model, str) and self.model.strip()),
                     "model", "must be a directory or hub id")
         check_model_path(self.model, "model")
-
-
-def check_model_path(path: str | None, name: str) -> None:
-    """A model given as a local path (:func:`~ppo_lab.llm.models.looks_local`) must be an existing
-    directory: a typo should not become a hub download attempt."""
-    if path is None:
-        return
-    check_field(not looks_local(path) or Path(path).expanduser().is_dir(), name,
-                f"no such model directory {path!r}")
 
 
 @dataclass
