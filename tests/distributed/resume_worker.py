@@ -16,8 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ppo_lab.llm.ppo import PRESETS, RLHFConfig, train
-from ppo_lab.scale.distributed import cleanup, init_distributed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_helpers import weights  # noqa: E402
+
+from ppo_lab.llm.ppo import PRESETS, RLHFConfig, train  # noqa: E402
+from ppo_lab.scale.distributed import cleanup, init_distributed  # noqa: E402
 
 ITERATIONS, STOP = 3, 1
 MODES = {"ddp": dict(), "fsdp": dict(fsdp=True),
@@ -34,14 +37,8 @@ def config(mode: str, out_dir: Path | None = None, **changes) -> RLHFConfig:
         **MODES[mode], **changes})
 
 
-def whole(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter by name, FSDP2 shards gathered (a collective: every rank calls it)."""
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-            for n, p in model.named_parameters()}
-
-
 def summary(result) -> dict:
-    return {"policy": whole(result.policy), "value": whole(result.value_model),
+    return {"policy": weights(result.policy), "value": weights(result.value_model),
             "history": result.history, "evals": result.evals}
 
 

@@ -74,6 +74,13 @@ def minibatch_loss(model: nn.Module, mb: dict):
                     clip_eps=0.2, vf_clip_eps=0.2, vf_coef=0.5, ent_coef=0.01, mask=mb["response_mask"])
 
 
+def weights(model: nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters by name as whole tensors: FSDP2's ``DTensor`` shards are gathered (a
+    collective, so every rank calls it)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameter gradients by name (full tensors for FSDP2's ``DTensor`` shards)."""
     out = {}

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_helpers import PolicyValue, grads, minibatch_loss, ppo_minibatch, select, tiny_policy  # noqa: E402
+from scale_helpers import (PolicyValue, grads, minibatch_loss, ppo_minibatch, select,  # noqa: E402
+                           tiny_policy, weights)
 
 from ppo_lab.core import masked_whiten  # noqa: E402
 from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches  # noqa: E402
@@ -131,12 +132,12 @@ def fsdp(info, out: dict, tmp: Path) -> None:
     run(model, optimizer, 0, 2)
     save_distributed_checkpoint(tmp / "ckpt", model, optimizer, info, extra={"step": 2})
     run(model, optimizer, 2, 4)
-    out["uninterrupted"] = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+    out["uninterrupted"] = weights(model)
     resumed = wrap_model(copy.deepcopy(base), info, fsdp=True)
     optimizer = torch.optim.Adam(resumed.parameters(), lr=3e-3)
     extra = load_distributed_checkpoint(tmp / "ckpt", resumed, optimizer, info)
     run(resumed, optimizer, extra["step"], 4)
-    out["resumed"] = {n: p.full_tensor().detach().clone() for n, p in resumed.named_parameters()}
+    out["resumed"] = weights(resumed)
     # Generation: all shards gathered once, same tokens as the unsharded model.
     prompt = mb["batch"].prompt_ids[:2], mb["batch"].prompt_mask[:2]
     with generation_model(model) as m, torch.no_grad():
@@ -167,9 +168,8 @@ def trainer(info, out: dict) -> None:
     for name, changes in (("ddp", dict(grad_accum_steps=2, dtype="bf16", grad_checkpointing=True)),
                           ("fsdp", dict(fsdp=True, lora_r=4, value_design="head"))):
         result = train(base.replace(**changes))
-        weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-                   for n, p in result.policy.named_parameters() if p.requires_grad}
-        out[f"trainer_{name}"] = {"weights": weights, "history": result.history}
+        out[f"trainer_{name}"] = {"weights": weights(result.policy, trainable_only=True),
+                                  "history": result.history}
 
 
 def main() -> None:
