@@ -99,8 +99,8 @@ def worker(args: dict) -> dict:
     from ppo_lab.llm.sequences import SequenceBatch
     from ppo_lab.scale.accumulation import accumulate_gradients
     from ppo_lab.scale.distributed import cleanup, init_distributed, rank_seed, wrap_model
-    from ppo_lab.scale.memory import (add_lora, count_parameters, enable_activation_checkpointing,
-                                      estimate_memory, peak_rss_bytes, saved_activation_bytes)
+    from ppo_lab.scale.memory import (add_lora, count_parameters, enable_activation_checkpointing, peak_rss_bytes,
+                                      saved_activation_bytes)
     from ppo_lab.scale.precision import Precision
     from scale_helpers import PolicyValue, minibatch_loss
 
@@ -168,9 +168,6 @@ def worker(args: dict) -> dict:
         model, high, before = peak_rss_bytes(lambda: run(args["steps"]))
         peak = high - before
     _, saved = saved_activation_bytes(lambda: _forward(model, mb, precision, minibatch_loss), exclude=model)
-    est = estimate_memory(config, micro_batch_size=B, prompt_len=P, response_len=T, dtype=args["dtype"],
-                          grad_checkpointing=args["ckpt"], lora_r=args["lora_r"], value_model="head",
-                          world_size=info.world_size)
     total, trainable, _ = count_parameters(config, lora_r=args["lora_r"])
     step_s = statistics.median(times)
     tokens = info.world_size * B * (P + T)
@@ -178,8 +175,8 @@ def worker(args: dict) -> dict:
         "params": total, "trainable_params": trainable, "ranks": info.world_size,
         "tokens_per_step": tokens, "step_s_median": step_s, "step_s_min": min(times),
         "tokens_per_s": tokens / step_s, "response_tokens_per_s": info.world_size * B * T / step_s,
-        "peak_bytes": peak, "estimated_bytes": est.policy.static + est.value.static + est.policy.activations,
-        "saved_activation_bytes": saved, "estimated_activation_bytes": est.policy.activations,
+        "peak_bytes": peak, "saved_activation_bytes": saved,
+        **estimate(spec, args["dtype"], args["ckpt"], args["lora_r"], info.world_size, info.device.type),
     }
     if cuda:
         n_blocks = total - spec["vocab"] * spec["d_model"] - (spec["prompt"] + spec["response"]) * spec["d_model"]
@@ -191,6 +188,36 @@ def worker(args: dict) -> dict:
                       mfu_against="bf16 dense peak" if args["dtype"] != "fp32" else "fp32 (non-tensor-core) peak")
     cleanup()
     return result if info.is_main else {}
+
+
+def estimate(spec: dict, dtype: str, ckpt: bool, lora_r: int, world_size: int, device: str) -> dict:
+    """The calculator's figures for one case: what the step holds (policy with its value head,
+    Adam) and the policy's activations."""
+    from ppo_lab.llm.models import tiny_config
+    from ppo_lab.scale.memory import estimate_memory
+
+    config = tiny_config(spec["arch"], spec["vocab"], n_layer=spec["n_layer"], d_model=spec["d_model"],
+                         n_head=spec["n_head"], max_positions=spec["prompt"] + spec["response"])
+    est = estimate_memory(config, micro_batch_size=spec["batch"], prompt_len=spec["prompt"],
+                          response_len=spec["response"], dtype=dtype, grad_checkpointing=ckpt, lora_r=lora_r,
+                          value_model="head", world_size=world_size, device=device)
+    return {"estimated_bytes": est.policy.static + est.value.static + est.policy.activations,
+            "estimated_activation_bytes": est.policy.activations}
+
+
+def reestimate(path: Path) -> dict:
+    """Recompute the calculator's columns of a results file with the current calculator; the
+    measured columns stay as they were measured. The file records when and by what command."""
+    data = json.loads(path.read_text())
+    device = data["config"]["device"]
+    for row in data["results"]:
+        spec = {k: row[k] for k in ("arch", "d_model", "n_layer", "n_head", "vocab", "batch", "prompt", "response")}
+        row.update(estimate(spec, row["dtype"], row["grad_checkpointing"], row["lora_r"], row["ranks"], device))
+    data["summary"] = _summary(data["results"])
+    data["estimates_recomputed"] = {"command": "python " + " ".join(sys.argv),
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data["summary"]
 
 
 def _forward(model, mb, precision, loss_fn):
@@ -221,8 +248,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (CPU 3, GPU 10)")
     parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
     parser.add_argument("--out", type=Path, default=None, help="result file (default ppo_lab/results/)")
+    parser.add_argument("--reestimate", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="recompute the calculator's estimates in a results file (measurements untouched)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reestimate:
+        print(json.dumps(reestimate(args.reestimate), indent=1))
+        return
     if args.worker:
         result = worker(json.loads(args.worker))
         if result:  # rank 0 only: two ranks writing to one pipe could interleave their lines

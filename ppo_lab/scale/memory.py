@@ -221,10 +221,14 @@ def peak_rss_bytes(fn: Callable[[], object]) -> tuple[object, int, int]:
 # where d is the hidden size, ffn the MLP width and S the sequence length (the expanded
 # attention mask, [B, 1, S, S] float, is kept by every block). Under autocast the matmul inputs
 # are saved as 16-bit copies, the norms' inputs stay float32. tests/unit/test_scale_memory.py
-# re-measures them on tiny models.
+# re-measures them on tiny models. CUDA's autocast runs ``pow`` in float32 (CPU's keeps it in
+# 16 bits), so GPT-2's GELU(tanh) — 0.5·x·(1 + tanh(√(2/π)(x + 0.044715·x³))) — is float32 from
+# x³ on: x³'s float32 input, the tanh output and 1 + tanh are saved at 4 bytes instead of 2, and
+# the product is cast back to 16 bits for the next matmul, 2 more: b grows from 10 to 16.
+# (Llama's RMSNorm casts to float32 itself and SiLU is not on either list: no difference.)
 _ACTIVATION_COEFFS = {
     # family: {dtype: (a, b, c)}
-    "gpt2": {"fp32": (40, 20, 8), "16": (24, 10, 0)},    # LayerNorm, GELU(tanh) in 5 ops
+    "gpt2": {"fp32": (40, 20, 8), "16": (24, 10, 0), "16-cuda": (24, 16, 0)},  # LayerNorm, GELU(tanh) in 5 ops
     "llama": {"fp32": (40, 16, 6), "16": (34, 8, 0)},    # RMSNorm, SwiGLU
 }
 
@@ -328,9 +332,11 @@ class MemoryEstimate:
         return rows
 
 
-def _block_activation_bytes(dims: dict[str, int], family: str, dtype: str, seq_len: int) -> int:
+def _block_activation_bytes(dims: dict[str, int], family: str, dtype: str, seq_len: int, device: str = "cpu") -> int:
     """Per-token bytes one transformer block saves for the backward (``_ACTIVATION_COEFFS``)."""
-    a, b, c = _ACTIVATION_COEFFS[family]["fp32" if dtype == "fp32" else "16"]
+    coeffs = _ACTIVATION_COEFFS[family]
+    key = "fp32" if dtype == "fp32" else "16-cuda" if device == "cuda" and "16-cuda" in coeffs else "16"
+    a, b, c = coeffs[key]
     return a * dims["d"] + b * dims["ffn"] + 4 * seq_len + c * dims["heads"]
 
 
@@ -349,6 +355,7 @@ def estimate_memory(
     world_size: int = 1,
     fsdp: bool = False,
     logit_copies: int = 4,
+    device: str = "cpu",
 ) -> MemoryEstimate:
     """§8: bytes per rank of one PPO-RLHF step for a Hugging Face model ``config``.
 
@@ -362,7 +369,8 @@ def estimate_memory(
 
     Activations of a training micro-batch (``micro_batch_size`` sequences of
     ``prompt_len + response_len`` tokens): per block ``a·d + b·ffn + 4·S + c·heads`` bytes per
-    token (measured coefficients, ``_ACTIVATION_COEFFS``), times the number of blocks; with
+    token (measured coefficients, ``_ACTIVATION_COEFFS``; ``device`` is ``"cpu"`` or
+    ``"cuda"``, whose autocast keeps more of GPT-2's MLP in float32), times the number of blocks; with
     activation checkpointing only each block's float32 input (4·d per token) is kept, plus one
     block's activations during its recompute (the logits' tensors are freed before it). The
     response logits add ``logit_copies`` float32 ``[b, T, V]`` tensors (4 for
@@ -377,6 +385,8 @@ def estimate_memory(
     bytes_16 = 2 if dtype in ("bf16", "fp16") else 4
     if dtype not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"dtype: expected 'fp32', 'bf16' or 'fp16', got {dtype!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
     if value_model not in ("separate", "head"):
         raise ValueError(f"value_model: expected 'separate' or 'head', got {value_model!r}")
     total, trainable, largest_block = count_parameters(config, lora_r=lora_r)
@@ -387,7 +397,7 @@ def estimate_memory(
     def trained(params: int, trainable_params: int, with_logits: bool) -> ModelMemory:
         grads = trainable_params * 4 // shard
         weights = params * 4 // shard + (largest_block * 4 if fsdp else 0)  # FSDP: one gathered block
-        block = _block_activation_bytes(dims, family, dtype, seq) * tokens
+        block = _block_activation_bytes(dims, family, dtype, seq, device) * tokens
         logits = logit_copies * 4 * micro_batch_size * response_len * dims["vocab"] if with_logits else 0
         if grad_checkpointing:
             # Block inputs, plus the larger of the logits' tensors (freed first in the backward)

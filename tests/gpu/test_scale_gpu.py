@@ -106,7 +106,8 @@ def test_nccl_ddp_on_two_gpus_equals_single_process(tmp_path):
         assert torch.equal(w, r1["weights_after_steps"][name]), name
 
 
-def test_memory_estimate_within_15_percent_of_max_memory_allocated():
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_memory_estimate_within_15_percent_of_max_memory_allocated(dtype):
     from ppo_lab.llm.models import build_model, quiet_transformers, tiny_config
     from ppo_lab.llm.sequences import SequenceBatch
 
@@ -125,11 +126,45 @@ def test_memory_estimate_within_15_percent_of_max_memory_allocated():
     with quiet_transformers():
         model = PolicyValue(build_model(config)).to(CUDA)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    precision = Precision(dtype, CUDA)
     for _ in range(2):
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = minibatch_loss(model, mb)
+        with precision.autocast():
+            loss, _ = minibatch_loss(model, mb)
         loss.backward()
         optimizer.step()
     measured = torch.cuda.max_memory_allocated() - before
-    est = estimate_memory(config, micro_batch_size=B, prompt_len=P, response_len=T, value_model="head")
+    est = estimate_memory(config, micro_batch_size=B, prompt_len=P, response_len=T, value_model="head",
+                          dtype=dtype, device="cuda")
     assert est.policy.static + est.value.static + est.policy.activations == pytest.approx(measured, rel=0.15)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bf16_saved_activations_on_cuda_match_the_calculator(arch):
+    """CUDA's autocast keeps GPT-2's GELU in float32 from ``pow`` on (the calculator's
+    ``"16-cuda"`` coefficients); blocks dominate at these sizes, so a wrong coefficient shows."""
+    from ppo_lab.llm.models import build_model, quiet_transformers, tiny_config
+    from ppo_lab.llm.sequences import SequenceBatch
+    from ppo_lab.scale.memory import saved_activation_bytes
+
+    V, B, P, T = 4096, 8, 128, 128
+    config = tiny_config(arch, V, n_layer=4, d_model=512, n_head=8, max_positions=P + T)
+    g = torch.Generator().manual_seed(0)
+    batch = SequenceBatch.from_parts(torch.randint(1, V, (B, P), generator=g), torch.ones(B, P, dtype=torch.long),
+                                     torch.randint(1, V, (B, T), generator=g), torch.full((B,), T)).to(CUDA)
+    mb = {"batch": batch, "response_mask": batch.response_mask, "old_logprobs": torch.full((B, T), -9.0, device=CUDA),
+          "advantages": torch.randn(B, T, device=CUDA), "returns": torch.randn(B, T, device=CUDA),
+          "old_values": torch.zeros(B, T, device=CUDA)}
+    torch.manual_seed(0)
+    with quiet_transformers():
+        model = PolicyValue(build_model(config)).to(CUDA)
+    precision = Precision("bf16", CUDA)
+
+    def forward():
+        with precision.autocast():
+            return minibatch_loss(model, mb)
+
+    _, measured = saved_activation_bytes(forward, exclude=model)
+    est = estimate_memory(config, micro_batch_size=B, prompt_len=P, response_len=T, value_model="head",
+                          dtype="bf16", device="cuda")
+    assert est.policy.activations == pytest.approx(measured, rel=0.1)

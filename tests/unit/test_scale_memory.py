@@ -130,6 +130,25 @@ def test_estimated_activations_match_saved_tensor_bytes(arch, dtype):
     assert estimate.policy.activations == pytest.approx(measured, rel=0.15)
 
 
+def test_cuda_autocast_adds_gpt2_gelu_float32_bytes_only():
+    """On CUDA, autocast runs ``pow`` in float32: GPT-2's GELU(tanh) saves 6 more bytes per MLP
+    element per token under 16-bit autocast (measured on the GPU in tests/gpu); Llama, fp32 and
+    the rest of the estimate are the same as on CPU."""
+    shape = dict(micro_batch_size=2, prompt_len=16, response_len=16)
+    for arch in ("gpt2", "llama"):
+        config = tiny_config(arch, VOCAB)
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+        for dtype in ("fp32", "bf16", "fp16"):
+            cpu = estimate_memory(config, dtype=dtype, **shape)
+            cuda = estimate_memory(config, dtype=dtype, device="cuda", **shape)
+            extra = 6 * ffn * 2 * 32 * config.num_hidden_layers if arch == "gpt2" and dtype != "fp32" else 0
+            assert cuda.policy.activations - cpu.policy.activations == extra, (arch, dtype)
+            assert cuda.value.activations - cpu.value.activations == extra, (arch, dtype)
+            assert cuda.policy.static == cpu.policy.static and cuda.kv_cache == cpu.kv_cache
+    with pytest.raises(ValueError, match="device"):
+        estimate_memory(tiny_config("gpt2", VOCAB), device="mps", **shape)
+
+
 def test_parameter_counts_of_a_7b_config_on_the_meta_device():
     from transformers import LlamaConfig
 
