@@ -4,8 +4,8 @@
 
 A CartPole gradient step costs mostly a fixed amount per operator and per Python call, not
 arithmetic (``benchmarks/cartpole_stages.py``). ppo_lab's training loop is written as a textbook
-writes it; this script measures what four tricks that remove calls would save on top of it, and
-what two design choices the loop does make save:
+writes it; this script measures what five tricks that remove calls would save on top of it, and
+what one design choice the loop does make saves:
 
 tricks (not in ppo_lab; defined below as teaching material for the engineering appendix)
 - ``sigmoid tanh``: the hidden activation as −1 + 2σ(2x) in two operators
@@ -17,28 +17,32 @@ tricks (not in ppo_lab; defined below as teaching material for the engineering a
   algorithm ``torch.multinomial(probs, 1)`` runs, without ``Categorical``'s and multinomial's
   checks of their input;
 - ``functional adam``: ``torch.optim.adam.adam`` called directly (:func:`functional_adam_step`)
-  instead of ``optimizer.step()``, without ``Optimizer.step``'s per-call machinery.
+  instead of ``optimizer.step()``, without ``Optimizer.step``'s per-call machinery;
+- ``twin layers``: the policy and value MLPs' hidden layers fused pairwise (:class:`TwinLinear`),
+  one batched matmul for both networks' layer instead of two ``nn.Linear`` calls; the same
+  function up to float32 rounding.
 
 design (in ppo_lab, undone here to measure it)
-- ``twin layers``: ``TwinLinear``, the policy and value MLPs' layers as one batched matmul, undone
-  as two ``nn.Sequential`` MLPs of ``nn.Linear`` layers;
 - ``flat buffers``: ``FlatParameters``, Adam, clipping and zeroing over one tensor, undone as
   Adam over the 10 parameter tensors and ``torch.nn.utils.clip_grad_norm_``.
 
 In one process on one thread, it times the two stages of a ``cartpole-zoo`` update: the rollout
 (``collect_rollout``, 8 envs × 32 steps) and the update (``_optimise``, 20 gradient steps on that
-batch). Variants: ``textbook`` (ppo_lab as it is), ``all four tricks``, ``textbook + <trick>``
+batch). Variants: ``textbook`` (ppo_lab as it is), ``all five tricks``, ``textbook + <trick>``
 for each trick and ``textbook without <design>`` for each design choice. Every variant trains its
 own copy of the same agent on its own env; one round times one update of each variant in turn,
-so drifts in machine load hit all variants alike; medians over the rounds are compared. Before
+in a new random order each round, so drifts in machine load hit all variants alike; medians over the rounds are compared. Before
 timing, the script checks that three of the tricks leave every number the same: ``textbook``
 and ``textbook + forward calls, exponential race, functional adam`` give identical actions and
-weights; the sigmoid tanh is checked against ``torch.tanh`` to float32 rounding.
+weights; the sigmoid tanh is checked against ``torch.tanh`` and the twin layers against the two
+networks they fuse, to float32 rounding.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import statistics
 import sys
 import time
@@ -51,8 +55,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
-TRICKS = ("sigmoid tanh", "forward calls", "exponential race", "functional adam")
-DESIGN = ("twin layers", "flat buffers")
+TRICKS = ("sigmoid tanh", "forward calls", "exponential race", "functional adam", "twin layers")
+INEXACT = ("sigmoid tanh", "twin layers")  # the same function up to float32 rounding
+DESIGN = ("flat buffers",)
 ROUNDS = 60  # timed rounds (--rounds); 5 more are run first and not timed
 
 
@@ -64,12 +69,64 @@ class SigmoidTanh(nn.Module):
 
 
 def forward_calls(self, obs: torch.Tensor):
-    """``ActorCritic._policy_and_value`` with every layer applied through ``forward``."""
-    hidden = obs
-    for layer in self.trunk:
-        hidden = layer.forward(hidden)
-    policy_hidden, value_hidden = (hidden, hidden) if self.shared_trunk else hidden
+    """``ActorCritic._policy_and_value`` (separate networks) with every layer applied through
+    ``forward``; with twin layers, the fused stack instead of the two networks."""
+    if hasattr(self, "twin"):
+        hidden = obs
+        for layer in self.twin:
+            hidden = layer.forward(hidden)
+        policy_hidden, value_hidden = hidden
+    else:
+        policy_hidden = value_hidden = obs
+        for layer in self.policy_net:
+            policy_hidden = layer.forward(policy_hidden)
+        for layer in self.value_net:
+            value_hidden = layer.forward(value_hidden)
     return self.policy_head.forward(policy_hidden), self.value_head.forward(value_hidden).squeeze(-1)
+
+
+class TwinLinear(nn.Module):
+    """Two independent ``Linear(in_dim, out_dim)`` layers — slice 0 for the policy, slice 1 for
+    the value function — applied by one batched matmul.
+
+    Separate policy and value MLPs see the same input, so their layers can run side by side:
+    ``[2, B, in] @ [2, in, out] + [2, 1, out] → [2, B, out]``, half as many operators as two
+    ``nn.Linear`` calls. :meth:`fuse` copies two ``nn.Linear`` layers into one.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(2, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(2, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    @classmethod
+    def fuse(cls, policy: nn.Linear, value: nn.Linear) -> TwinLinear:
+        twin = cls(policy.in_features, policy.out_features)
+        with torch.no_grad():
+            for i, layer in enumerate((policy, value)):
+                twin.weight[i].copy_(layer.weight.T)  # nn.Linear holds [out, in]
+                twin.bias[i, 0].copy_(layer.bias)
+        return twin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [B, in]: the same input for both
+            x = x.expand(2, *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)  # [2, B, out]
+
+
+def twin_layers(agent: nn.Module) -> nn.Sequential:
+    """The agent's policy and value networks fused layer by layer, with their current weights."""
+    layers = [TwinLinear.fuse(p, v) if isinstance(p, nn.Linear) else p
+              for p, v in zip(agent.policy_net, agent.value_net)]
+    return nn.Sequential(*layers)
+
+
+def twin_policy_and_value(self, obs: torch.Tensor):
+    """``ActorCritic._policy_and_value`` through the fused stack."""
+    policy_hidden, value_hidden = self.twin(obs)  # [2, B, H]
+    return self.policy_head(policy_hidden), self.value_head(value_hidden).squeeze(-1)
 
 
 def exponential_race_act(self, obs: torch.Tensor):
@@ -103,23 +160,6 @@ def functional_adam_step(optimizer: torch.optim.Adam) -> None:
              eps=group["eps"], maximize=group["maximize"])
 
 
-class TwoMLPs(nn.Module):
-    """The policy and value trunks as two ``nn.Sequential`` MLPs (what ``TwinLinear`` fuses)."""
-
-    def __init__(self, obs_dim: int, hidden: int = 64):
-        super().__init__()
-        from ppo_lab.toy.networks import layer_init
-
-        def mlp():
-            return nn.Sequential(layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
-                                 layer_init(nn.Linear(hidden, hidden)), nn.Tanh())
-
-        self.policy, self.value = mlp(), mlp()
-
-    def forward(self, obs: torch.Tensor):
-        return self.policy(obs), self.value(obs)
-
-
 class PerTensor:
     """What ``_optimise`` asks of ``FlatParameters``, over the module's own parameter tensors."""
 
@@ -147,7 +187,9 @@ def _build(changes: frozenset[str], seed: int = 0):
     envs = make_vector_env(config.env_id, config.num_envs)
     agent = ActorCritic.for_spaces(envs.single_observation_space, envs.single_action_space)
     if "twin layers" in changes:
-        agent.trunk = TwoMLPs(envs.single_observation_space.shape[0])
+        agent.twin = twin_layers(agent)
+        del agent.policy_net, agent.value_net
+        agent._policy_and_value = types.MethodType(twin_policy_and_value, agent)
     if "sigmoid tanh" in changes:
         for name, module in list(agent.named_modules()):
             for child_name, child in list(module.named_children()):
@@ -193,7 +235,7 @@ def check_identical(updates: int = 5) -> dict:
     """``textbook`` and ``textbook`` + the three exact tricks, from the same seed: the same actions
     and the same weights; the sigmoid tanh against ``torch.tanh``."""
     runs = {}
-    exact = frozenset(TRICKS) - {"sigmoid tanh"}
+    exact = frozenset(TRICKS) - set(INEXACT)
     for name, changes in (("textbook", frozenset()), ("exact tricks", exact)):
         config, envs, agent, buffers, optimizer, state = _build(changes)
         torch.manual_seed(1)
@@ -209,13 +251,24 @@ def check_identical(updates: int = 5) -> dict:
     tanh_error = (SigmoidTanh()(x) - torch.tanh(x)).abs().max().item()
     if not tanh_error < 1e-6:
         raise AssertionError(f"sigmoid tanh differs from torch.tanh by {tanh_error}")
+    _, envs, agent, *_ = _build(frozenset())
+    envs.close()
+    obs = torch.randn(1000, agent.policy_net[0].in_features)
+    with torch.no_grad():
+        want = agent._policy_and_value(obs)
+        agent.twin = twin_layers(agent)
+        got = twin_policy_and_value(agent, obs)
+    twin_error = max((g - w).abs().max().item() for g, w in zip(got, want))
+    if not twin_error < 1e-5:
+        raise AssertionError(f"twin layers differ from the two networks by {twin_error}")
     return {"updates": updates, "tricks": sorted(exact), "identical_actions": same_actions,
-            "identical_weights": same_weights, "sigmoid_tanh_max_abs_error": tanh_error}
+            "identical_weights": same_weights, "sigmoid_tanh_max_abs_error": tanh_error,
+            "twin_layers_max_abs_error": twin_error}
 
 
 def variants() -> dict[str, frozenset[str]]:
     """Variant name -> the changes it applies to ppo_lab's loop."""
-    out = {"textbook": frozenset(), "all four tricks": frozenset(TRICKS)}
+    out = {"textbook": frozenset(), "all five tricks": frozenset(TRICKS)}
     out.update({f"textbook + {trick}": frozenset({trick}) for trick in TRICKS})
     out.update({f"textbook without {design}": frozenset({design}) for design in DESIGN})
     return out
@@ -243,10 +296,10 @@ def summarise(rows: list[dict], vector_steps: int, gradient_steps: int) -> dict:
         "ms_per_update": {name: round(p[2], 3) for name, p in per.items()},
         "tricks (negative: saved)": tricks,
         "design undone (positive: what it saves)": design,
-        "all four tricks / textbook per update": round(per["all four tricks"][2] / base[2], 3),
-        "sum of the four tricks / (all four tricks - textbook)": round(
+        "all five tricks / textbook per update": round(per["all five tricks"][2] / base[2], 3),
+        "sum of the five tricks / (all five tricks - textbook)": round(
             sum(t["ms_per_update"] for t in tricks.values())
-            / (per["all four tricks"][2] - base[2]), 3),
+            / (per["all five tricks"][2] - base[2]), 3),
     }
 
 
@@ -261,13 +314,16 @@ def main() -> None:
     identical = check_identical()
     print(f"textbook and textbook + {identical['tricks']}: identical actions and weights over "
           f"{identical['updates']} updates; sigmoid tanh within "
-          f"{identical['sigmoid_tanh_max_abs_error']:.1e} of torch.tanh")
+          f"{identical['sigmoid_tanh_max_abs_error']:.1e} of torch.tanh, twin layers within "
+          f"{identical['twin_layers_max_abs_error']:.1e} of the two networks")
 
     setups = {name: _build(changes) for name, changes in variants().items()}
     times: dict[str, dict[str, list[float]]] = {
         name: {"rollout": [], "update": []} for name in setups}
+    order = random.Random(0)  # each round runs the variants in a new order: no variant always follows another
     for round_ in range(args.rounds + 5):
-        for name, setup in setups.items():
+        for name in order.sample(list(setups), len(setups)):
+            setup = setups[name]
             rollout, update, steps, _ = _update(*setup)
             if round_ >= 5:
                 times[name]["rollout"].append(rollout / setup[0].num_steps)
@@ -287,7 +343,7 @@ def main() -> None:
     for key in ("tricks (negative: saved)", "design undone (positive: what it saves)"):
         for name, delta in summary[key].items():
             print(f"{name:18s}: {delta}")
-    print(f"all four tricks / textbook per update: {summary['all four tricks / textbook per update']}")
+    print(f"all five tricks / textbook per update: {summary['all five tricks / textbook per update']}")
     path = write("call_overhead",
                  {"preset": "cartpole-zoo", "rounds": args.rounds, "warm-up rounds": 5,
                   "torch_threads": 1, "tricks": list(TRICKS), "design": list(DESIGN),

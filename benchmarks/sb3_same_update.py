@@ -47,17 +47,12 @@ def compare(seed: int) -> dict:
     model._update_current_progress_remaining(model.num_timesteps, TOTAL)
     policy, buffer = model.policy, model.rollout_buffer
 
-    # SB3's initial weights into ppo_lab's TwinLinear layout: [2, in, out] = (policy, value), W^T
+    # SB3's initial weights into ppo_lab's network: the same layers (nn.Linear), module for module
     agent = ActorCritic(4, 2, continuous=False)
-    nets = (policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net)
-    with torch.no_grad():
-        for k in (0, 2):  # Linear layers of the 64-64 trunks
-            for i, net in enumerate(nets):
-                agent.trunk[k].weight[i].copy_(net[k].weight.T)
-                agent.trunk[k].bias[i, 0].copy_(net[k].bias)
-        for head, sb3_head in ((agent.policy_head, policy.action_net), (agent.value_head, policy.value_net)):
-            head.weight.copy_(sb3_head.weight)
-            head.bias.copy_(sb3_head.bias)
+    modules = [(agent.policy_net, policy.mlp_extractor.policy_net), (agent.value_net, policy.mlp_extractor.value_net),
+               (agent.policy_head, policy.action_net), (agent.value_head, policy.value_net)]
+    for ours, theirs in modules:
+        ours.load_state_dict(theirs.state_dict())
 
     T, N = 32, 8
     f32 = dict(dtype=torch.float32)
@@ -73,13 +68,8 @@ def compare(seed: int) -> dict:
                        (values - old_values.flatten()).abs().max().item())
 
     def pairs():
-        """(ppo_lab tensor, SB3 tensor) for every weight and bias, in the same layout."""
-        out = [(agent.trunk[k].weight[i], net[k].weight.T) for k in (0, 2) for i, net in enumerate(nets)]
-        out += [(agent.trunk[k].bias[i, 0], net[k].bias) for k in (0, 2) for i, net in enumerate(nets)]
-        return out + [(agent.policy_head.weight, policy.action_net.weight),
-                      (agent.policy_head.bias, policy.action_net.bias),
-                      (agent.value_head.weight, policy.value_net.weight),
-                      (agent.value_head.bias, policy.value_net.bias)]
+        """(ppo_lab tensor, SB3 tensor) for every weight and bias."""
+        return [(a, b) for ours, theirs in modules for a, b in zip(ours.parameters(), theirs.parameters(), strict=True)]
 
     before = [a.detach().clone() for a, _ in pairs()]
     progress = model._current_progress_remaining

@@ -27,7 +27,7 @@ from torch import nn
 
 from ppo_lab.core import entropy_from_logits, logprobs_from_logits
 
-__all__ = ["ActorCritic", "TwinLinear", "gaussian_entropy", "gaussian_logprobs", "layer_init"]
+__all__ = ["ActorCritic", "gaussian_entropy", "gaussian_logprobs", "layer_init", "mlp"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -53,38 +53,13 @@ def gaussian_entropy(log_std: torch.Tensor, batch_shape: torch.Size) -> torch.Te
     return (0.5 + _LOG_SQRT_2PI + log_std).sum(-1).expand(batch_shape)
 
 
-class TwinLinear(nn.Module):
-    """Two independent ``Linear(in_dim, out_dim)`` layers — slice 0 for the policy, slice 1 for
-    the value function — applied by one batched matmul.
-
-    Separate policy and value MLPs see the same input, so their layers can run side by side:
-    ``[2, B, in] @ [2, in, out] + [2, 1, out] → [2, B, out]``. The maths is exactly that of two
-    ``nn.Linear`` stacks; on a CPU, where a small MLP's time goes to per-operation overhead,
-    half as many operations make a ``cartpole-zoo`` gradient step about 6% and a whole update
-    about 5% cheaper (``benchmarks/call_overhead.py``, ``ppo_lab/results/call_overhead.json``).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, gain: float = math.sqrt(2.0)):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(2, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.zeros(2, 1, out_dim))
-        with torch.no_grad():
-            for i in range(2):  # detail 2 for each layer (W^T is what nn.Linear would hold)
-                nn.init.orthogonal_(self.weight[i].T, gain)
-
-    def reset_parameters(self) -> None:
-        """Re-initialise each slice as ``nn.Linear.reset_parameters`` does (torch's default:
-        U(−1/√in, 1/√in) for weights and biases) instead of detail 2."""
-        bound = 1.0 / math.sqrt(self.weight.shape[1])
-        with torch.no_grad():
-            for i in range(2):
-                nn.init.kaiming_uniform_(self.weight[i].T, a=math.sqrt(5))
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # [B, in]: the same input for both
-            x = x.expand(2, *x.shape)
-        return torch.baddbmm(self.bias, x, self.weight)  # [2, B, out]
+def mlp(in_dim: int, hidden_sizes: Sequence[int]) -> nn.Sequential:
+    """Linear → tanh blocks, each Linear with detail 2's init (gain √2): ``[B, in] → [B, H]``."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(in_dim, size)), nn.Tanh()]
+        in_dim = size
+    return nn.Sequential(*layers)
 
 
 class ActorCritic(nn.Module):
@@ -97,8 +72,7 @@ class ActorCritic(nn.Module):
         hidden_sizes: widths of the hidden tanh layers.
         shared_trunk: one trunk feeding both heads (fewer parameters; the value loss then shapes
             the policy's features, which is why ``vf_coef`` matters more) instead of separate
-            policy and value MLPs (CleanRL's and SB3's default for MLP policies), which are
-            held as :class:`TwinLinear` layers.
+            policy and value MLPs (CleanRL's and SB3's default for MLP policies).
         init_log_std: initial log σ of the Gaussian head (ignored for discrete actions).
         ortho_init: detail 2 (orthogonal weights with gains √2, 0.01 and 1, zero biases); False
             keeps torch's default ``nn.Linear`` initialisation instead (SB3's ``ortho_init``).
@@ -112,19 +86,18 @@ class ActorCritic(nn.Module):
             raise ValueError("hidden_sizes: needs at least one hidden layer")
         self.continuous = continuous
         self.shared_trunk = shared_trunk
-        layers: list[nn.Module] = []
-        for size in hidden_sizes:  # Linear → tanh blocks, detail 2 init with gain √2
-            linear = layer_init(nn.Linear(obs_dim, size)) if shared_trunk else TwinLinear(obs_dim, size)
-            layers += [linear, nn.Tanh()]
-            obs_dim = size
-        self.trunk = nn.Sequential(*layers)  # [B, H] shared, or [2, B, H] policy/value
-        self.policy_head = layer_init(nn.Linear(obs_dim, action_dim), gain=0.01)
-        self.value_head = layer_init(nn.Linear(obs_dim, 1), gain=1.0)
+        if shared_trunk:
+            self.trunk = mlp(obs_dim, hidden_sizes)  # [B, obs_dim] → [B, H], feeds both heads
+        else:
+            self.policy_net = mlp(obs_dim, hidden_sizes)
+            self.value_net = mlp(obs_dim, hidden_sizes)
+        self.policy_head = layer_init(nn.Linear(hidden_sizes[-1], action_dim), gain=0.01)
+        self.value_head = layer_init(nn.Linear(hidden_sizes[-1], 1), gain=1.0)
         if continuous:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         if not ortho_init:  # the ablation of detail 2: torch's default initialisation
             for module in self.modules():
-                if isinstance(module, (nn.Linear, TwinLinear)):
+                if isinstance(module, nn.Linear):
                     module.reset_parameters()
 
     @classmethod
@@ -142,8 +115,10 @@ class ActorCritic(nn.Module):
 
     def _policy_and_value(self, obs: torch.Tensor):
         """Policy output (logits or Gaussian mean) ``[B, A]`` and values ``[B]``."""
-        hidden = self.trunk(obs)  # [B, H] shared, or [2, B, H] policy / value
-        policy_hidden, value_hidden = (hidden, hidden) if self.shared_trunk else hidden
+        if self.shared_trunk:
+            policy_hidden = value_hidden = self.trunk(obs)  # [B, H]
+        else:
+            policy_hidden, value_hidden = self.policy_net(obs), self.value_net(obs)
         return self.policy_head(policy_hidden), self.value_head(value_hidden).squeeze(-1)
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:

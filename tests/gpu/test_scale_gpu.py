@@ -106,25 +106,39 @@ def test_nccl_ddp_on_two_gpus_equals_single_process(tmp_path):
         assert torch.equal(w, r1["weights_after_steps"][name]), name
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_memory_estimate_within_15_percent_of_max_memory_allocated(dtype):
-    from ppo_lab.llm.models import build_model, quiet_transformers, tiny_config
+B, P, T = 8, 128, 128  # the calculator checks: a 4-layer, d = 512 model, blocks dominate
+
+
+def _mid_config_and_minibatch(arch: str, vocab: int):
+    """A 4-layer, d = 512 config and a PPO minibatch of B sequences of P + T random tokens, on CUDA."""
+    from ppo_lab.llm.models import tiny_config
     from ppo_lab.llm.sequences import SequenceBatch
 
-    V, B, P, T = 8192, 8, 128, 128
-    config = tiny_config("gpt2", V, n_layer=4, d_model=512, n_head=8, max_positions=P + T)
+    config = tiny_config(arch, vocab, n_layer=4, d_model=512, n_head=8, max_positions=P + T)
     g = torch.Generator().manual_seed(0)
-    batch = SequenceBatch.from_parts(torch.randint(1, V, (B, P), generator=g), torch.ones(B, P, dtype=torch.long),
-                                     torch.randint(1, V, (B, T), generator=g), torch.full((B,), T)).to(CUDA)
+    batch = SequenceBatch.from_parts(torch.randint(1, vocab, (B, P), generator=g), torch.ones(B, P, dtype=torch.long),
+                                     torch.randint(1, vocab, (B, T), generator=g), torch.full((B,), T)).to(CUDA)
     mb = {"batch": batch, "response_mask": batch.response_mask, "old_logprobs": torch.full((B, T), -9.0, device=CUDA),
           "advantages": torch.randn(B, T, device=CUDA), "returns": torch.randn(B, T, device=CUDA),
           "old_values": torch.zeros(B, T, device=CUDA)}
+    return config, mb
+
+
+def _policy_value(config) -> PolicyValue:
+    from ppo_lab.llm.models import build_model, quiet_transformers
+
+    torch.manual_seed(0)
+    with quiet_transformers():
+        return PolicyValue(build_model(config)).to(CUDA)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_memory_estimate_within_15_percent_of_max_memory_allocated(dtype):
+    config, mb = _mid_config_and_minibatch("gpt2", 8192)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    torch.manual_seed(0)
-    with quiet_transformers():
-        model = PolicyValue(build_model(config)).to(CUDA)
+    model = _policy_value(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     precision = Precision(dtype, CUDA)
     for _ in range(2):
@@ -143,21 +157,10 @@ def test_memory_estimate_within_15_percent_of_max_memory_allocated(dtype):
 def test_bf16_saved_activations_on_cuda_match_the_calculator(arch):
     """CUDA's autocast keeps GPT-2's GELU in float32 from ``pow`` on (the calculator's
     ``"16-cuda"`` coefficients); blocks dominate at these sizes, so a wrong coefficient shows."""
-    from ppo_lab.llm.models import build_model, quiet_transformers, tiny_config
-    from ppo_lab.llm.sequences import SequenceBatch
     from ppo_lab.scale.memory import saved_activation_bytes
 
-    V, B, P, T = 4096, 8, 128, 128
-    config = tiny_config(arch, V, n_layer=4, d_model=512, n_head=8, max_positions=P + T)
-    g = torch.Generator().manual_seed(0)
-    batch = SequenceBatch.from_parts(torch.randint(1, V, (B, P), generator=g), torch.ones(B, P, dtype=torch.long),
-                                     torch.randint(1, V, (B, T), generator=g), torch.full((B,), T)).to(CUDA)
-    mb = {"batch": batch, "response_mask": batch.response_mask, "old_logprobs": torch.full((B, T), -9.0, device=CUDA),
-          "advantages": torch.randn(B, T, device=CUDA), "returns": torch.randn(B, T, device=CUDA),
-          "old_values": torch.zeros(B, T, device=CUDA)}
-    torch.manual_seed(0)
-    with quiet_transformers():
-        model = PolicyValue(build_model(config)).to(CUDA)
+    config, mb = _mid_config_and_minibatch(arch, 4096)
+    model = _policy_value(config)
     precision = Precision("bf16", CUDA)
 
     def forward():

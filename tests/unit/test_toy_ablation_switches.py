@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppo_lab.toy.networks import ActorCritic, TwinLinear
+from ppo_lab.toy.networks import ActorCritic
 from ppo_lab.toy.ppo import PRESETS, PPOConfig, train
 from ppo_lab.toy.rollout import make_vector_env
 
@@ -39,15 +39,13 @@ def test_ortho_init_off_is_torchs_default_initialisation():
     ortho = ActorCritic(4, 2, continuous=False)
     torch.manual_seed(0)
     default = ActorCritic(4, 2, continuous=False, ortho_init=False)
-    first = ortho.trunk[0]
-    assert isinstance(first, TwinLinear)
-    for i in range(2):  # detail 2: orthogonal columns with gain √2, zero bias
-        w = first.weight[i].detach()  # [in, out] = W^T
-        torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(4), atol=1e-5, rtol=0)
-    assert torch.count_nonzero(first.bias) == 0
+    for first in (ortho.policy_net[0], ortho.value_net[0]):  # detail 2: gain √2, zero bias
+        w = first.weight.detach()  # [out, in]: orthogonal columns
+        torch.testing.assert_close(w.T @ w, 2.0 * torch.eye(4), atol=1e-5, rtol=0)
+        assert torch.count_nonzero(first.bias) == 0
     assert ortho.policy_head.weight.abs().max() < 0.02  # gain 0.01: a near-uniform policy
     # off: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases, as nn.Linear would have
-    d = default.trunk[0]
+    d = default.policy_net[0]
     assert d.weight.abs().max() <= 0.5 and torch.count_nonzero(d.bias) > 0
     assert default.policy_head.weight.abs().max() > 0.05
     assert default.policy_head.weight.abs().max() <= 1 / math.sqrt(64)

@@ -1,4 +1,4 @@
-"""ppo_lab.toy.networks: heads against torch.distributions, TwinLinear against nn.Linear, init."""
+"""ppo_lab.toy.networks: heads against torch.distributions, the MLPs' layers, init."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ppo_lab.toy.networks import ActorCritic, TwinLinear, gaussian_entropy, gaussian_logprobs
+from ppo_lab.toy.networks import ActorCritic, gaussian_entropy, gaussian_logprobs, layer_init, mlp
 
 
 @pytest.fixture(autouse=True)
@@ -33,28 +33,27 @@ def test_gaussian_logprob_by_hand():
     assert value.item() == pytest.approx(-0.5 - 0.5 * math.log(2 * math.pi))
 
 
-def test_twin_linear_is_two_linear_layers():
-    twin = TwinLinear(4, 3)
+def test_mlp_is_linear_tanh_blocks():
+    net = mlp(4, (64, 32))
+    assert [type(m).__name__ for m in net] == ["Linear", "Tanh", "Linear", "Tanh"]
+    assert [(m.in_features, m.out_features) for m in net[::2]] == [(4, 64), (64, 32)]
     x = torch.randn(7, 4)
-    out = twin(x)
-    assert out.shape == (2, 7, 3)
-    for i in range(2):
-        linear = nn.Linear(4, 3)
-        with torch.no_grad():
-            linear.weight.copy_(twin.weight[i].T)
-            linear.bias.copy_(twin.bias[i, 0])
-        torch.testing.assert_close(out[i], linear(x))
-        torch.testing.assert_close(twin(torch.stack([x, 2 * x]))[i], linear((i + 1) * x))
+    torch.testing.assert_close(net(x), torch.tanh(net[2](torch.tanh(net[0](x)))))
 
 
 @pytest.mark.parametrize("in_dim, out_dim", [(4, 64), (64, 64), (64, 8)])
 def test_orthogonal_init_with_gain(in_dim, out_dim):
-    twin = TwinLinear(in_dim, out_dim, gain=math.sqrt(2))
-    assert torch.count_nonzero(twin.bias) == 0
-    for w in twin.weight:  # [in, out]: the smaller side is orthonormal (times the gain)
-        gram = w.T @ w if out_dim <= in_dim else w @ w.T
-        torch.testing.assert_close(gram, 2 * torch.eye(min(in_dim, out_dim)), atol=1e-5, rtol=0)
-    assert not torch.equal(twin.weight[0], twin.weight[1])  # two independent layers
+    layer = layer_init(nn.Linear(in_dim, out_dim), gain=math.sqrt(2))
+    assert torch.count_nonzero(layer.bias) == 0
+    w = layer.weight.detach()  # [out, in]: the smaller side is orthonormal (times the gain)
+    gram = w @ w.T if out_dim <= in_dim else w.T @ w
+    torch.testing.assert_close(gram, 2 * torch.eye(min(in_dim, out_dim)), atol=1e-5, rtol=0)
+
+
+def test_separate_policy_and_value_networks_are_initialised_independently():
+    agent = ActorCritic(4, 2, continuous=False)
+    for p_layer, v_layer in zip(agent.policy_net[::2], agent.value_net[::2]):
+        assert not torch.equal(p_layer.weight, v_layer.weight)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -97,10 +96,10 @@ def test_layers_are_called_as_modules():
     # every layer runs through nn.Module.__call__, so forward hooks (activation probes) see it
     agent = ActorCritic(4, 2, continuous=False)
     seen = []
-    for module in (*agent.trunk, agent.policy_head, agent.value_head):
+    for module in (*agent.policy_net, *agent.value_net, agent.policy_head, agent.value_head):
         module.register_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
     agent.act(torch.randn(3, 4))
-    assert seen == ["TwinLinear", "Tanh", "TwinLinear", "Tanh", "Linear", "Linear"]
+    assert seen == ["Linear", "Tanh", "Linear", "Tanh"] * 2 + ["Linear", "Linear"]
 
 
 def test_discrete_sampling_frequencies():
@@ -129,13 +128,12 @@ def test_shared_trunk_has_fewer_parameters_and_separate_trunks_are_independent()
     shared = ActorCritic(4, 2, continuous=False, shared_trunk=True)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(separate) == count(shared) + (4 * 64 + 64) + (64 * 64 + 64)
-    # In the separate network, the value loss has no gradient on the policy slice.
+    # In the separate networks, the value loss has no gradient on the policy's parameters.
     obs = torch.randn(8, 4)
     separate.get_value(obs).sum().backward()
     assert separate.policy_head.weight.grad is None
-    for layer in (separate.trunk[0], separate.trunk[2]):
-        assert torch.count_nonzero(layer.weight.grad[0]) == 0
-        assert torch.count_nonzero(layer.weight.grad[1]) > 0
+    assert all(p.grad is None for p in separate.policy_net.parameters())
+    assert all(torch.count_nonzero(p.grad) > 0 for p in separate.value_net.parameters())
 
 
 def test_for_spaces():
