@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chapter 8's GPU checks in one go (about 5 minutes on one H200): the scale GPU tests, then the
+# Chapter 8's GPU checks in one go (about 2-3 minutes on one H200): the scale GPU tests, then the
 # GPU benchmark (GPT-2-small-sized policy, batch 64, 128 + 128 tokens, fp32 without TF32 vs bf16).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]

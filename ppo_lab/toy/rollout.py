@@ -75,15 +75,16 @@ def make_vector_env(
     """
     if vectorization_mode not in ("auto", "vector_entry_point", "sync", "async"):
         raise ValueError(f"vectorization_mode: unknown mode {vectorization_mode!r}")
+    spec = gym.spec(env_id)
     missing = [m for m in MUJOCO_MODULES if not _installed(m)] \
-        if str(gym.spec(env_id).entry_point).startswith("gymnasium.envs.mujoco") else []
+        if str(spec.entry_point).startswith("gymnasium.envs.mujoco") else []
     if missing:
         raise gym.error.DependencyNotInstalled(
             f"env_id: {env_id!r} is a MuJoCo task and {', '.join(missing)} is not installed; "
             "install it with pip install 'ppo-lab[mujoco]' (gymnasium[mujoco])")
     vector_kwargs = {}
     if vectorization_mode in ("sync", "async") or (
-        vectorization_mode == "auto" and gym.spec(env_id).vector_entry_point is None
+        vectorization_mode == "auto" and spec.vector_entry_point is None
     ):
         vector_kwargs = {"autoreset_mode": AutoresetMode.NEXT_STEP}
     envs = gym.make_vec(
