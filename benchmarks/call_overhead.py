@@ -31,7 +31,8 @@ In one process on one thread, it times the two stages of a ``cartpole-zoo`` upda
 batch). Variants: ``textbook`` (ppo_lab as it is), ``all five tricks``, ``textbook + <trick>``
 for each trick and ``textbook without <design>`` for each design choice. Every variant trains its
 own copy of the same agent on its own env; one round times one update of each variant in turn,
-in a new random order each round, so drifts in machine load hit all variants alike; medians over the rounds are compared. Before
+in a new random order each round, so drifts in machine load hit all variants alike; medians over
+the rounds are compared. Before
 timing, the script checks that three of the tricks leave every number the same: ``textbook``
 and ``textbook + forward calls, exponential race, functional adam`` give identical actions and
 weights; the sigmoid tanh is checked against ``torch.tanh`` and the twin layers against the two
@@ -233,7 +234,8 @@ def _update(config, envs, agent, buffers, optimizer, state):
 
 def check_identical(updates: int = 5) -> dict:
     """``textbook`` and ``textbook`` + the three exact tricks, from the same seed: the same actions
-    and the same weights; the sigmoid tanh against ``torch.tanh``."""
+    and the same weights; the sigmoid tanh against ``torch.tanh``, the twin layers against the two
+    networks they fuse."""
     runs = {}
     exact = frozenset(TRICKS) - set(INEXACT)
     for name, changes in (("textbook", frozenset()), ("exact tricks", exact)):

@@ -28,6 +28,7 @@ calculator, and model FLOPs utilisation against the GPU's stated dense peak.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -95,7 +96,7 @@ def worker(args: dict) -> dict:
     """One case: build, warm up, time ``steps`` update steps; rank 0 returns the measurements."""
     import torch
 
-    from ppo_lab.llm.models import build_model, quiet_transformers, tiny_config
+    from ppo_lab.llm.models import build_model, quiet_transformers
     from ppo_lab.llm.sequences import SequenceBatch
     from ppo_lab.scale.accumulation import accumulate_gradients
     from ppo_lab.scale.distributed import cleanup, init_distributed, rank_seed, wrap_model
@@ -108,8 +109,7 @@ def worker(args: dict) -> dict:
     device = args["device"]
     info = init_distributed(device=device)
     spec = {**MODELS[args["model"]], **args["overrides"]}
-    config = tiny_config(spec["arch"], spec["vocab"], n_layer=spec["n_layer"], d_model=spec["d_model"],
-                         n_head=spec["n_head"], max_positions=spec["prompt"] + spec["response"])
+    config = model_config(spec)
     B, P, T = spec["batch"], spec["prompt"], spec["response"]
     g = torch.Generator().manual_seed(rank_seed(0, info.rank))
     batch = SequenceBatch.from_parts(torch.randint(1, spec["vocab"], (B, P), generator=g),
@@ -190,15 +190,20 @@ def worker(args: dict) -> dict:
     return result if info.is_main else {}
 
 
+def model_config(spec: dict):
+    """The Hugging Face config of a ``MODELS`` entry (with a case's overrides)."""
+    from ppo_lab.llm.models import tiny_config
+
+    return tiny_config(spec["arch"], spec["vocab"], n_layer=spec["n_layer"], d_model=spec["d_model"],
+                       n_head=spec["n_head"], max_positions=spec["prompt"] + spec["response"])
+
+
 def estimate(spec: dict, dtype: str, ckpt: bool, lora_r: int, world_size: int, device: str) -> dict:
     """The calculator's figures for one case: what the step holds (policy with its value head,
     Adam) and the policy's activations."""
-    from ppo_lab.llm.models import tiny_config
     from ppo_lab.scale.memory import estimate_memory
 
-    config = tiny_config(spec["arch"], spec["vocab"], n_layer=spec["n_layer"], d_model=spec["d_model"],
-                         n_head=spec["n_head"], max_positions=spec["prompt"] + spec["response"])
-    est = estimate_memory(config, micro_batch_size=spec["batch"], prompt_len=spec["prompt"],
+    est = estimate_memory(model_config(spec), micro_batch_size=spec["batch"], prompt_len=spec["prompt"],
                           response_len=spec["response"], dtype=dtype, grad_checkpointing=ckpt, lora_r=lora_r,
                           value_model="head", world_size=world_size, device=device)
     return {"estimated_bytes": est.policy.static + est.value.static + est.policy.activations,
@@ -208,14 +213,16 @@ def estimate(spec: dict, dtype: str, ckpt: bool, lora_r: int, world_size: int, d
 def reestimate(path: Path) -> dict:
     """Recompute the calculator's columns of a results file with the current calculator; the
     measured columns stay as they were measured. The file records when and by what command."""
+    from common import command
+
     data = json.loads(path.read_text())
     device = data["config"]["device"]
     for row in data["results"]:
         spec = {k: row[k] for k in ("arch", "d_model", "n_layer", "n_head", "vocab", "batch", "prompt", "response")}
         row.update(estimate(spec, row["dtype"], row["grad_checkpointing"], row["lora_r"], row["ranks"], device))
     data["summary"] = _summary(data["results"])
-    data["estimates_recomputed"] = {"command": "python " + " ".join(sys.argv),
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    data["estimates_recomputed"] = {"command": command(), "created": now.isoformat(timespec="seconds")}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return data["summary"]
 

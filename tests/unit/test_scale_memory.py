@@ -20,7 +20,7 @@ from scale_helpers import SPEC, VOCAB, PolicyValue, grads, minibatch_loss, ppo_m
 
 from ppo_lab.llm.models import tiny_config  # noqa: E402
 from ppo_lab.scale.accumulation import accumulate_gradients, micro_batches  # noqa: E402
-from ppo_lab.scale.memory import (add_lora, count_parameters, enable_activation_checkpointing,  # noqa: E402
+from ppo_lab.scale.memory import (_dims, add_lora, count_parameters, enable_activation_checkpointing,  # noqa: E402
                                   estimate_memory, reference_model, saved_activation_bytes)
 from ppo_lab.scale.precision import Precision  # noqa: E402
 
@@ -137,11 +137,11 @@ def test_cuda_autocast_adds_gpt2_gelu_float32_bytes_only():
     shape = dict(micro_batch_size=2, prompt_len=16, response_len=16)
     for arch in ("gpt2", "llama"):
         config = tiny_config(arch, VOCAB)
-        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+        dims = _dims(config)
         for dtype in ("fp32", "bf16", "fp16"):
             cpu = estimate_memory(config, dtype=dtype, **shape)
             cuda = estimate_memory(config, dtype=dtype, device="cuda", **shape)
-            extra = 6 * ffn * 2 * 32 * config.num_hidden_layers if arch == "gpt2" and dtype != "fp32" else 0
+            extra = 6 * dims["ffn"] * 2 * 32 * dims["layers"] if arch == "gpt2" and dtype != "fp32" else 0
             assert cuda.policy.activations - cpu.policy.activations == extra, (arch, dtype)
             assert cuda.value.activations - cpu.value.activations == extra, (arch, dtype)
             assert cuda.policy.static == cpu.policy.static and cuda.kv_cache == cpu.kv_cache
