@@ -21,6 +21,7 @@ import inspect
 import torch
 
 from ppo_lab.core import entropy_from_logits, logprobs_from_logits
+from ppo_lab.scale.distributed import unwrap
 
 from .models import SamplingSpec
 from .sequences import SequenceBatch
@@ -39,11 +40,28 @@ class LogprobOutput:
     hidden: torch.Tensor | None = None
 
 
+def forward_type(model) -> type:
+    """The class whose ``forward`` finally runs the call: the model inside DDP (``.module``) and
+    peft's LoRA wrapper (``get_base_model()``), which both pass their keyword arguments through
+    (``forward(**kwargs)``), so their own signatures do not tell what the model takes."""
+    while True:
+        inner = unwrap(model)
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        if inner is model:
+            return type(model)
+        model = inner
+
+
+def forward_takes(model, name: str) -> bool:
+    """Whether the forward that finally runs (:func:`forward_type`) takes the keyword ``name``,
+    e.g. ``logits_to_keep`` (compute the LM head on the last positions only)."""
+    return _takes(forward_type(model), name)
+
+
 @functools.lru_cache(maxsize=None)
-def takes_logits_to_keep(forward_type) -> bool:
-    """Whether a model class's forward takes ``logits_to_keep`` (compute the LM head on the last
-    positions only)."""
-    return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
+def _takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 def check_spec_tokens(batch: SequenceBatch, spec: SamplingSpec) -> None:
@@ -61,14 +79,14 @@ def response_logits(model, batch: SequenceBatch, *, output_hidden_states: bool =
     """One forward pass; returns ``(logits [B, T, V] in the model dtype, model output)``.
 
     ``position_ids`` come from the attention mask (left padding). Models that take
-    ``logits_to_keep`` (every Hugging Face causal LM) compute the LM head only on the last T + 1
-    positions, so a long prompt costs no ``[B, P, V]`` logits at all.
+    ``logits_to_keep`` (every Hugging Face causal LM, also inside DDP or a LoRA wrapper) compute
+    the LM head only on the last T + 1 positions, so a long prompt costs no ``[B, P, V]`` logits.
     """
     P, T = batch.prompt_width, batch.response_mask.shape[1]
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
     if output_hidden_states:
         kwargs["output_hidden_states"] = True
-    if takes_logits_to_keep(type(model)):
+    if forward_takes(model, "logits_to_keep"):
         out = model(**kwargs, logits_to_keep=T + 1)
         logits = out.logits[:, -(T + 1):-1]  # (B, T, V): positions P − 1 … P + T − 2
     else:

@@ -22,16 +22,13 @@ full scoring pass (up to 0.03 nat on the tiny bf16 models): score the batch once
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ppo_lab.core import logprobs_from_logits
 
-from .logprobs import takes_logits_to_keep
+from .logprobs import forward_takes
 from .models import SamplingSpec
 from .sequences import SequenceBatch, position_ids_from_mask
 
@@ -57,11 +54,10 @@ def _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_
         raise ValueError(f"spec: excludes eos_token_id {eos_token_id}, so no response could ever end")
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_kwarg(forward_type) -> str:
-    """The name a model's forward takes its KV cache by (transformers 5.24: ``cache``)."""
-    params = inspect.signature(forward_type.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def _cache_kwarg(model) -> str:
+    """The name a model's forward takes its KV cache by (transformers 5.24: ``cache``; the older
+    ``past_key_values`` is deprecated), looked up on the model inside any DDP / LoRA wrapper."""
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def _output_cache(out):
@@ -90,10 +86,10 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
     device = prompt_ids.device
     mask = prompt_mask.long()  # (B, P + t): grows by one column per step
     positions = position_ids_from_mask(mask)  # (B, P)
-    kwargs = {"logits_to_keep": 1} if takes_logits_to_keep(type(model)) else {}
+    kwargs = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
     out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
     next_position = positions[:, -1:] + 1  # (B, 1)
-    cache_name = _cache_kwarg(type(model))
+    cache_name = _cache_kwarg(model)
 
     tokens, logprobs = [], []
     ended = torch.zeros(B, dtype=torch.bool, device=device)

@@ -174,3 +174,51 @@ def test_an_excluded_token_in_a_response_is_a_value_error():
     batch = SequenceBatch.from_token_lists([[5, 6]], [[7, tokenizer.bos_token_id]], tokenizer.pad_token_id)
     with pytest.raises(ValueError, match="batch"):
         response_logprobs(tiny_model("gpt2"), batch, sampling_spec(tokenizer, 1.0))
+
+
+@pytest.mark.parametrize("wrapper", ["lora", "ddp"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_wrappers_keep_logits_to_keep_and_the_cache_name(arch, wrapper):
+    """A LoRA (peft) or DDP wrapper's forward(**kwargs) hides the model's signature: the model
+    inside is still asked for the last T + 1 positions' logits only (the LM head sees T + 1
+    positions, not P + T), with the same numbers as the bare model, and the sampler passes the
+    KV cache by the model's own keyword (no deprecation warning)."""
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ppo_lab.llm import generate
+    from ppo_lab.llm.logprobs import forward_takes, forward_type
+    from ppo_lab.scale.memory import add_lora
+
+    tokenizer = tiny_tokenizer(False)
+    model = tiny_model(arch)
+    batch = random_batch(tokenizer, batch=4, seed=1)
+    spec = sampling_spec(tokenizer, 0.7)
+    bare = response_logprobs(model, batch, spec).logprobs
+    if wrapper == "lora":
+        wrapped = add_lora(model, 4)  # B = 0 at initialisation: the same function
+    else:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        wrapped = DistributedDataParallel(model)
+    try:
+        assert forward_type(wrapped) is type(model) and forward_takes(wrapped, "logits_to_keep")
+        head_positions = []
+        hook = model.get_output_embeddings().register_forward_hook(
+            lambda module, args, out: head_positions.append(args[0].shape[1]))
+        out = response_logprobs(wrapped, batch, spec).logprobs
+        assert head_positions == [batch.response_mask.shape[1] + 1]
+        torch.testing.assert_close(out, bare, **TOL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            sampled, logprobs = generate(wrapped, batch.prompt_ids, batch.prompt_mask, spec, max_new_tokens=5,
+                                         eos_token_id=tokenizer.eos_token_id,
+                                         pad_token_id=tokenizer.pad_token_id,
+                                         generator=torch.Generator().manual_seed(0))
+        assert head_positions[1:] == [1] * sampled.response_mask.shape[1]  # prefill: the last position only
+        torch.testing.assert_close(logprobs, response_logprobs(model, sampled, spec).logprobs, **TOL)
+        hook.remove()
+    finally:
+        if wrapper == "ddp":
+            dist.destroy_process_group()
