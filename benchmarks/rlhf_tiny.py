@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+from ppo_lab.llm.sweep import interpolate  # noqa: E402
+
 NS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -81,15 +83,6 @@ def best_of_n(config, prompts: list[str], *, max_n: int = 64, seed: int = 0,
     first = gold[:, 0]
     return {"sft_gold_mean": float(first.mean()), "sft_gold_std": float(first.std()),
             "sft_proxy_mean": float(proxy[:, 0].mean()), "best_of_n": rows}
-
-
-def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
-    """y at x on the piecewise-linear curve through (xs, ys) sorted by x; None outside it."""
-    points = sorted(zip(xs, ys))
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
 
 
 def run_seed(config) -> dict:

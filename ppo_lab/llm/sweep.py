@@ -28,8 +28,8 @@ from typing import Any
 from ppo_lab.config import ConfigBase, check_field
 from ppo_lab.llm.ppo import PRESETS, RLHFConfig
 
-__all__ = ["SWEEP_PRESETS", "SweepConfig", "SweepResult", "run_sweep", "summarise_run",
-           "sweep_report"]
+__all__ = ["SWEEP_PRESETS", "SweepConfig", "SweepResult", "interpolate", "run_sweep",
+           "summarise_run", "sweep_report"]
 
 
 @dataclass
@@ -103,6 +103,16 @@ def summarise_run(run: dict) -> dict:
             "final_gain_in_sft_std": (final["gold"] - sft_gold) / sft_std,
             "drop_from_peak_in_sft_std": (evals[peak]["gold"] - final["gold"]) / sft_std,
             "proxy_rises_after_gold_peak": final["scores"] > evals[peak]["scores"]}
+
+
+def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
+    """y at x on the piecewise-linear curve through (xs, ys) sorted by x; None outside it (e.g. a
+    run's gold reward at a given KL, from its evaluations)."""
+    points = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
 
 
 def run_sweep(config: SweepConfig, progress: bool = True, command: str = "") -> SweepResult:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import llm_vs_trl  # noqa: E402
 import rlhf_tiny  # noqa: E402
 
-from ppo_lab.llm.sweep import summarise_run  # noqa: E402
+from ppo_lab.llm.sweep import interpolate, summarise_run  # noqa: E402
 
 RESULTS = ROOT / "ppo_lab" / "results"
 
@@ -105,7 +105,7 @@ def test_rlhf_tiny_summary_is_what_the_runs_give():
         assert abs(run["gap_closed_to_best_of_64"] - (final["gold"] - mean) / (best64 - mean)) < 1e-9
         kls, golds = [e["kl"] for e in run["evals"]], [e["gold"] for e in run["evals"]]
         for row in run["vs_best_of_n_by_proxy"]:
-            assert row["ppo_gold_at_kl"] == rlhf_tiny.interpolate(kls, golds, row["kl_bound"])
+            assert row["ppo_gold_at_kl"] == interpolate(kls, golds, row["kl_bound"])
         beats = all(r["ppo_gold_at_kl"] is not None and r["ppo_gold_at_kl"] > r["best_of_n_gold"]
                     for r in run["vs_best_of_n_by_proxy"])
         assert run["beats_best_of_n_at_matched_kl"] == beats
@@ -117,10 +117,26 @@ def test_rlhf_tiny_summary_is_what_the_runs_give():
         assert abs(row["kl_bound"] - rlhf_tiny.best_of_n_kl_bound(row["n"])) < 1e-12
 
 
-def test_rlhf_sweep_summary_is_what_the_runs_give():
-    record = _load("rlhf_sweep")
+@pytest.mark.parametrize("name", ["rlhf_sweep", "rlhf_kl_frontier"])
+def test_rlhf_sweep_summary_is_what_the_runs_give(name):
+    record = _load(name)
     assert record["command"].startswith("ppo-lab rlhf sweep")
     runs, per_run = record["results"], record["summary"]["per_run"]
     planned = [(b, s) for s in record["config"]["seeds"] for b in record["config"]["kl_coefs"]]
     assert [(r["kl_coef"], r["seed"]) for r in runs] == planned[: len(runs)]  # in the sweep's order
     assert [summarise_run(run) for run in runs] == per_run
+
+
+def test_the_frontier_runs_are_evaluated_on_the_best_of_n_prompts():
+    """Chapter 7 sets the frontier runs' curves against rlhf_tiny.json's best-of-n: the same
+    held-out prompts (count and review-task seed), the same SFT policy, reward model and sampling."""
+    frontier, tiny = _load("rlhf_kl_frontier"), _load("rlhf_tiny")
+    from ppo_lab.llm.ppo import PRESETS
+
+    ppo = frontier["config"]["ppo"]
+    assert ppo["eval_prompts"] == tiny["config"]["eval_prompts"]
+    preset = PRESETS["tiny"][1]
+    for field in ("task_seed", "model", "reward_model", "temperature", "max_new_tokens"):
+        assert ppo[field] == getattr(preset, field), field
+    for run in frontier["results"]:
+        assert run["evals"][0]["iteration"] == 0 and len(run["evals"]) == ppo["iterations"] // ppo["eval_every"] + 1

@@ -54,3 +54,16 @@ def test_sweep_writes_curves_and_summary(tmp_path):
     assert [r["kl_coef"] for r in record["results"]] == [0.0, 0.1]
     assert all(len(r["evals"]) == 3 for r in record["results"])  # iterations 0, 1, 2
     assert (tmp_path / "sweep.png").exists()
+
+
+def test_interpolate_reads_a_curve_at_x():
+    """A run's gold reward at a given KL: linear between the two evaluations around it, whatever
+    order they came in; an x outside the curve is None (not extrapolated)."""
+    from ppo_lab.llm.sweep import interpolate
+
+    kls, golds = [0.0, 2.0, 1.0], [0.0, 3.0, 1.0]  # evaluations need not be sorted by KL
+    assert interpolate(kls, golds, 0.5) == 0.5
+    assert interpolate(kls, golds, 1.5) == 2.0
+    assert interpolate(kls, golds, 2.0) == 3.0
+    assert interpolate(kls, golds, 2.5) is None and interpolate(kls, golds, -0.1) is None
+    assert interpolate([1.0, 1.0], [2.0, 4.0], 1.0) == 2.0  # a vertical step: the first point
