@@ -115,6 +115,38 @@ def load_tokenizer(path_or_id):
     return ensure_pad_token(tokenizer)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_shares_tokenizer(model, tokenizer, name: str, path: str | None = None) -> None:
+    """Every model of a PPO-RLHF run reads the policy's token ids as they are (no decoding and
+    re-encoding), so each must share the policy's tokenizer; a ``ValueError`` naming ``name``
+    where it visibly does not, instead of scores of the wrong tokens:
+
+    - its input embedding has fewer rows than the tokenizer has tokens (some ids would fall
+      outside it; more rows are fine: vocabularies are often padded to a multiple of 64);
+    - a tokenizer saved in its local directory ``path`` gives any of the policy tokenizer's
+      tokens another id (extra tokens of its own are fine).
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        raise ValueError(f"{name}: its embedding has {rows} rows, fewer than the {len(tokenizer)} tokens of the "
+                         "policy's tokenizer; every model must share the policy's tokenizer")
+    if path is None or not looks_local(str(path)):
+        return
+    directory = Path(str(path)).expanduser()
+    if not any((directory / f).exists() for f in TOKENIZER_FILES):
+        return
+    with quiet_transformers():
+        own = AutoTokenizer.from_pretrained(str(directory)).get_vocab()
+    moved = [(token, i, own.get(token)) for token, i in tokenizer.get_vocab().items() if own.get(token) != i]
+    if moved:
+        token, i, theirs = min(moved, key=lambda m: m[1])
+        raise ValueError(f"{name}: the tokenizer saved in {str(path)!r} differs from the policy's ({len(moved)} "
+                         f"tokens, e.g. {token!r} is {theirs} there and {i} here); every model must share the "
+                         "policy's tokenizer")
+
+
 def load_causal_lm(path_or_id, *, device="cpu", dtype="fp32") -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` on ``device`` in ``dtype`` ("fp32", "bf16", "fp16"),
     in eval mode (dropout off: PPO's ratio must be 1 on its own rollout)."""

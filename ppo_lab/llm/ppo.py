@@ -44,8 +44,8 @@ from ppo_lab.scale.memory import add_lora, enable_activation_checkpointing, on_d
 from ppo_lab.scale.precision import DType, Precision
 
 from .logprobs import response_logprobs
-from .models import (ValueHead, load_causal_lm, load_scalar_model, load_tokenizer,
-                     quiet_transformers, response_values, sampling_spec,
+from .models import (ValueHead, check_shares_tokenizer, load_causal_lm, load_scalar_model,
+                     load_tokenizer, quiet_transformers, response_values, sampling_spec,
                      scalar_model_from_causal_lm, sequence_scores, token_scalars)
 from .rewards import clip_scores, mixture_ref_logprobs, per_token_rewards, whiten_scores
 from .rollout import generate
@@ -548,6 +548,14 @@ def _load_models(config, policy, ref_model, reward_model, reward_fn, tokenizer, 
                         "'sft' loads the value trunk from --model; give model or value_model")
             value_model = _named("model", scalar_model_from_causal_lm, model_path,
                                  pad_token_id=tokenizer.pad_token_id, **trained_kw)
+    # Each model reads the policy's token ids as they are (§6): a visibly different tokenizer
+    # (too small an embedding, another id for a token) is an error naming the field.
+    tokenizer_path = config.tokenizer and model_path  # the policy's own, unless another was given
+    for name, model, path in (("model", policy, tokenizer_path), ("ref_model", ref_model, config.ref_model),
+                              ("reward_model", reward_model, reward_path),
+                              ("value_model", value_model, None)):
+        if model is not None and hasattr(model, "get_input_embeddings"):  # not the value head
+            check_shares_tokenizer(model, tokenizer, name, path)
     for frozen in (ref_model, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)

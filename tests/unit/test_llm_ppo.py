@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -259,6 +260,39 @@ def test_missing_paths_name_the_field(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="^prompts:"):
         train(RLHFConfig(prompts=str(tmp_path / "none.jsonl")), policy=policy, ref_model=ref,
               tokenizer=tokenizer, reward_fn=lambda p, r, *, eos: torch.zeros(len(p)))
+
+
+def test_models_that_do_not_share_the_policys_tokenizer_are_an_error(tmp_path, tokenizer):
+    """Scores of the wrong tokens are never computed silently: a reward model whose embedding is
+    smaller than the tokenizer, or whose saved tokenizer gives a token another id, is a
+    ValueError naming the field; the same directory saved with the policy's tokenizer trains."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    policy, ref, reward = _models(tokenizer)
+    config = RLHFConfig(**SMALL)
+    small_config = copy.deepcopy(reward.config)
+    small_config.vocab_size = len(tokenizer) - 1
+    small = AutoModelForSequenceClassification.from_config(small_config).eval()
+    with pytest.raises(ValueError, match=f"^reward_model: its embedding has {len(tokenizer) - 1} rows"):
+        train(config, policy=policy, ref_model=ref, reward_model=small, tokenizer=tokenizer)
+
+    vocab = tokenizer.get_vocab()
+    a, b = sorted(vocab, key=vocab.get)[-2:]  # two ordinary tokens, ids swapped
+    swapped = {**vocab, a: vocab[b], b: vocab[a]}
+    core = Tokenizer(models.WordLevel(swapped, unk_token=tokenizer.unk_token))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    directory = tmp_path / "reward"
+    reward.save_pretrained(directory)
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token=tokenizer.pad_token,
+                            eos_token=tokenizer.eos_token, unk_token=tokenizer.unk_token).save_pretrained(directory)
+    moved = re.escape(f"(2 tokens, e.g. {a!r} is {vocab[b]} there and {vocab[a]} here)")
+    with pytest.raises(ValueError, match=f"^reward_model: the tokenizer saved in .*{moved}"):
+        train(config.replace(reward_model=str(directory)), policy=policy, ref_model=ref, tokenizer=tokenizer)
+    tokenizer.save_pretrained(directory)  # the policy's own tokenizer: accepted
+    result = train(config.replace(reward_model=str(directory), iterations=1), policy=policy, ref_model=ref,
+                   tokenizer=tokenizer)
+    assert len(result.history) == 1
 
 
 def test_empty_responses_are_an_error():
