@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Chapter 8's GPU checks in one go (about 2-3 minutes on one H200): the scale GPU tests, then the
-# GPU benchmark (GPT-2-small-sized policy, batch 64, 128 + 128 tokens, fp32 without TF32 vs bf16).
+# Chapter 8's GPU checks in one go (about 3-4 minutes on one H200): the GPU tests (scale, core and
+# the PPO-RLHF trainer end to end), then the GPU benchmark (GPT-2-small-sized policy, batch 64,
+# 128 + 128 tokens, fp32 without TF32 vs bf16).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 #
@@ -20,7 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 OMP_NUM_THR
 nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1
 "$PYTHON" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())" | tee "$OUT_DIR/versions.txt"
 status=0
-timeout 270 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/gpu/test_scale_gpu.py tests/gpu/test_core_cuda.py \
+timeout 400 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/gpu/test_scale_gpu.py tests/gpu/test_core_cuda.py tests/gpu/test_rlhf_gpu.py \
   2>&1 | tee "$OUT_DIR/gpu_tests.log" || status=1
 timeout 200 "$PYTHON" benchmarks/scaling.py --gpu --out "$OUT_DIR/scaling_gpu.json" 2>&1 \
   | tee "$OUT_DIR/gpu_bench.log" || status=1
