@@ -76,6 +76,9 @@ class RLHFConfig(ConfigBase):
     """Tokenizer directory or hub id; None = the policy's."""
     prompts: str | None = None
     """Training prompts as JSON lines {"prompt": ...}; None = prompts of the review task."""
+    chat_template: bool = False
+    """Give each prompt to the policy as a user turn of the tokenizer's chat template, ending with
+    the assistant's header (add_generation_prompt), as an instruct model expects."""
     num_prompts: int = 4096
     """Review-task prompts to draw from (when prompts is None)."""
     task_seed: int = 2
@@ -271,6 +274,8 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
     prompts = _prompts(config)
     tokenizer, policy, ref_model, reward_model, value_model = _load_models(
         config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
+    check_field(not config.chat_template or bool(getattr(tokenizer, "chat_template", None)),
+                "chat_template", "the tokenizer has no chat template (tokenizer.chat_template is empty)")
     device = next(policy.parameters()).device
     sampler = torch.Generator(device).manual_seed(rank_seed(config.seed, info.rank))  # tokens
     spec = sampling_spec(tokenizer, config.temperature)
@@ -320,7 +325,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         idx = torch.randperm(len(prompts), generator=generator)[: config.batch_size]
         idx = shard(idx, info)  # this rank's block of the global batch (§8)
         texts = [prompts[i] for i in idx.tolist()]
-        prompt_ids, prompt_mask = _encode_prompts(tokenizer, texts)
+        prompt_ids, prompt_mask = _encode_prompts(tokenizer, texts, config.chat_template)
         with torch.no_grad(), generation_model(train_policy) as sampling_policy:
             batch, logprobs = generate(  # logprobs: log π_θold of the sampled tokens, [B, T]
                 sampling_policy, prompt_ids.to(device), prompt_mask.to(device), spec,
@@ -582,10 +587,18 @@ def _prompts(config: RLHFConfig) -> list[str]:
     return prompts
 
 
-def _encode_prompts(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_prompts(tokenizer, texts: list[str], chat_template: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (the tokenizer's special tokens added, as in SFT), left-padded: ``[B, P]`` each.
-    A prompt with no token would be an all-padding row: a ValueError naming it."""
-    ids = tokenizer(texts)["input_ids"]
+    With ``chat_template`` each text is a user turn of the tokenizer's chat template followed by
+    the assistant's header; the template writes its own special tokens. A prompt with no token
+    would be an all-padding row: a ValueError naming it."""
+    if chat_template:
+        chats = [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                               add_generation_prompt=True) for text in texts]
+        ids = tokenizer(chats, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(texts)["input_ids"]
     empty = [text for text, row in zip(texts, ids) if not row]
     if empty:
         raise ValueError(f"prompts: {empty[0]!r} has no tokens (it would be an all-padding row)")
@@ -666,7 +679,7 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
     reference (k1, summed over each response), response length and EOS fraction."""
     device = next(policy.parameters()).device
     spec = sampling_spec(tokenizer, config.temperature)
-    ids, mask = _encode_prompts(tokenizer, list(prompts))
+    ids, mask = _encode_prompts(tokenizer, list(prompts), config.chat_template)
     batch, logprobs = generate(policy, ids.to(device), mask.to(device), spec,
                                max_new_tokens=config.max_new_tokens,
                                eos_token_id=tokenizer.eos_token_id,

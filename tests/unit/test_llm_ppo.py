@@ -295,6 +295,41 @@ def test_models_that_do_not_share_the_policys_tokenizer_are_an_error(tmp_path, t
     assert len(result.history) == 1
 
 
+def test_chat_template_wraps_each_prompt_as_a_user_turn(tokenizer):
+    """chat_template=True: the rollout's prompts are the tokenizer's chat template around each
+    prompt, ending with the assistant's header, tokenised without extra special tokens; the run
+    trains (ratio 1 at the first minibatch); a tokenizer without a template is an error naming
+    the field."""
+    policy, ref, reward = _models(tokenizer)
+    config = RLHFConfig(**SMALL, chat_template=True)
+    with pytest.raises(ValueError, match="^chat_template: the tokenizer has no chat template"):
+        train(config, policy=policy, ref_model=ref, reward_model=reward, tokenizer=tokenizer)
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = ("{% for m in messages %}{{ bos_token }}review : {{ m['content'] }}{{ eos_token }}{% endfor %}"
+                          "{% if add_generation_prompt %}{{ bos_token }}{% endif %}")
+    seen = []
+    real_generate = ppo.generate
+
+    def spy(model, prompt_ids, prompt_mask, *args, **kwargs):
+        seen.append((prompt_ids, prompt_mask))
+        return real_generate(model, prompt_ids, prompt_mask, *args, **kwargs)
+
+    ppo.generate = spy
+    try:
+        result = train(config.replace(iterations=1), policy=policy, ref_model=ref, reward_model=reward,
+                       tokenizer=chat)
+    finally:
+        ppo.generate = real_generate
+    ids, mask = seen[0]
+    first = ids[0][mask[0].bool()].tolist()
+    texts = ppo._prompts(config)
+    expected = [chat(f"{chat.bos_token}review : {text}{chat.eos_token}{chat.bos_token}", add_special_tokens=False)["input_ids"]
+                for text in texts]
+    assert first in expected  # one of the prompts, inside the template, no special tokens added twice
+    assert first[0] == chat.bos_token_id and first[-1] == chat.bos_token_id
+    assert result.history[0]["policy/ratio_error"] < 1e-5
+
+
 def test_empty_responses_are_an_error():
     batch = SequenceBatch.from_parts(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3),
                                      torch.zeros(2, 4, dtype=torch.long), torch.tensor([2, 0]))
