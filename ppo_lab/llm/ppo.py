@@ -728,10 +728,11 @@ def _restore(directory, config, policy, value_model, optimizer, scheduler, kl_ct
     anything is loaded."""
     def check(saved_state: dict[str, Any]) -> None:
         saved, current = saved_state["config"], config.to_dict()
-        for f in fields(config):
-            if f.name not in _RESUMABLE and saved.get(f.name) != current[f.name]:
+        for f in fields(config):  # a field added since the checkpoint was written: its default
+            value = saved.get(f.name, f.default)
+            if f.name not in _RESUMABLE and value != current[f.name]:
                 raise ValueError(f"{f.name}: checkpoint {directory} was written with "
-                                 f"{saved.get(f.name)!r}, this run has {current[f.name]!r}")
+                                 f"{value!r}, this run has {current[f.name]!r}")
 
     with quiet_transformers():
         state = load_distributed_checkpoint(directory, {"policy": policy, "value": value_model},

@@ -369,3 +369,11 @@ def test_lora_run_stopped_and_resumed_equals_uninterrupted(tmp_path, tokenizer):
     assert resumed.history[-1]["objective/kl_coef"] != config.kl_coef  # adaptive β restored
     with pytest.raises(ValueError, match="^lora_r: .* 4, this run has 8"):
         run(lora_r=8, checkpoint_every=1, resume=True)
+    # a checkpoint written before a config field existed resumes with that field's default
+    state_path = tmp_path / ppo.CHECKPOINT_DIR / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    del state["config"]["chat_template"], state["config"]["ent_coef"]
+    torch.save(state, state_path)
+    assert len(run(checkpoint_every=1, resume=True).history) == 3
+    with pytest.raises(ValueError, match="^ent_coef: .* 0.0, this run has 0.01"):
+        run(checkpoint_every=1, resume=True, ent_coef=0.01)
