@@ -225,10 +225,11 @@ class SamplingSpec:
         return logits
 
 
-def sampling_spec(tokenizer, temperature: float = 1.0) -> SamplingSpec:
-    """The spec for a tokenizer: exclude pad (where pad ≠ eos) and bos (where bos ≠ eos)."""
-    eos = tokenizer.eos_token_id
-    excluded = {tid for tid in (tokenizer.pad_token_id, tokenizer.bos_token_id) if tid is not None and tid != eos}
+def sampling_spec(tokenizer, temperature: float = 1.0, stop_token_ids: tuple[int, ...] = ()) -> SamplingSpec:
+    """The spec for a tokenizer: exclude pad and bos, unless either is eos or one of the extra
+    ``stop_token_ids`` (the tokens that end a response must stay possible)."""
+    stops = {tokenizer.eos_token_id, *stop_token_ids}
+    excluded = {tid for tid in (tokenizer.pad_token_id, tokenizer.bos_token_id) if tid is not None and tid not in stops}
     return SamplingSpec(temperature=temperature, excluded_token_ids=tuple(excluded))
 
 

@@ -97,6 +97,9 @@ class RLHFConfig(ConfigBase):
     """K: passes over each rollout."""
     max_new_tokens: int = 32
     """Response length limit T; a response cut here is truncated (no EOS)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a response besides the tokenizer's EOS, e.g. an instruct model's
+    end-of-turn token (the ids in its generation_config.eos_token_id); kept and counted like EOS."""
     temperature: float = 1.0
     """τ: sampling temperature, applied identically when scoring (§6)."""
     learning_rate: float = 1e-5
@@ -190,6 +193,8 @@ class RLHFConfig(ConfigBase):
                            "grad_accum_steps")
         self._non_negative_int("seed", "task_seed", "warmup_iterations", "eval_every",
                                "torch_threads", "checkpoint_every", "lora_r")
+        check_field(all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids),
+                    "stop_token_ids", f"must be token ids (integers >= 0), got {self.stop_token_ids!r}")
         check_field(not (self.lora_r and self.ref_model), "ref_model",
                     "with lora_r > 0 the reference is the base weights with adapters off")
         for name in ("temperature", "learning_rate", "adam_eps", "clip_eps"):
@@ -276,9 +281,11 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
         config, policy, ref_model, reward_model, reward_fn, tokenizer, value_model)
     check_field(not config.chat_template or bool(getattr(tokenizer, "chat_template", None)),
                 "chat_template", "the tokenizer has no chat template (tokenizer.chat_template is empty)")
+    outside = [t for t in config.stop_token_ids if t >= len(tokenizer)]
+    check_field(not outside, "stop_token_ids", f"{outside} outside the tokenizer's {len(tokenizer)} tokens")
     device = next(policy.parameters()).device
     sampler = torch.Generator(device).manual_seed(rank_seed(config.seed, info.rank))  # tokens
-    spec = sampling_spec(tokenizer, config.temperature)
+    spec = sampling_spec(tokenizer, config.temperature, config.stop_token_ids)
     gold = ReviewTask().gold_rewards if config.gold else None
     # §8 switches: LoRA (the reference = adapters off), activation checkpointing, DDP/FSDP2.
     if config.lora_r:
@@ -330,7 +337,7 @@ def train(config: RLHFConfig, *, policy=None, ref_model=None, reward_model=None,
             batch, logprobs = generate(  # logprobs: log π_θold of the sampled tokens, [B, T]
                 sampling_policy, prompt_ids.to(device), prompt_mask.to(device), spec,
                 max_new_tokens=config.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=_stops(tokenizer, config),
                 pad_token_id=tokenizer.pad_token_id, generator=sampler)
         _check_rollout(batch)
         t1 = time.perf_counter()
@@ -605,6 +612,13 @@ def _encode_prompts(tokenizer, texts: list[str], chat_template: bool = False
     return left_pad(ids, tokenizer.pad_token_id)
 
 
+def _stops(tokenizer, config: RLHFConfig) -> int | list[int]:
+    """The ids that end a response: the tokenizer's EOS, and ``stop_token_ids`` if any."""
+    if not config.stop_token_ids:
+        return tokenizer.eos_token_id
+    return sorted({tokenizer.eos_token_id, *config.stop_token_ids})
+
+
 def _check_rollout(batch: SequenceBatch) -> None:
     """Nothing is skipped silently: an empty response is an error, not a zero-length row."""
     empty = torch.nonzero(batch.response_lengths < 1).flatten().tolist()
@@ -678,11 +692,11 @@ def evaluate(policy, tokenizer, prompts: list[str], config: RLHFConfig, *, rewar
     streams are untouched): mean proxy score, gold reward (mean and std, where known), KL to the
     reference (k1, summed over each response), response length and EOS fraction."""
     device = next(policy.parameters()).device
-    spec = sampling_spec(tokenizer, config.temperature)
+    spec = sampling_spec(tokenizer, config.temperature, config.stop_token_ids)
     ids, mask = _encode_prompts(tokenizer, list(prompts), config.chat_template)
     batch, logprobs = generate(policy, ids.to(device), mask.to(device), spec,
                                max_new_tokens=config.max_new_tokens,
-                               eos_token_id=tokenizer.eos_token_id,
+                               eos_token_id=_stops(tokenizer, config),
                                pad_token_id=tokenizer.pad_token_id,
                                generator=torch.Generator(device).manual_seed(seed))
     scores = _score(batch, list(prompts), tokenizer, reward_model, reward_fn,

@@ -47,11 +47,21 @@ def _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_
         raise ValueError(f"spec: expected a SamplingSpec, got {type(spec).__name__}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-    for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+    stops = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    for name, value in [("eos_token_id", stop) for stop in stops] + [("pad_token_id", pad_token_id)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected a token id, got {value!r}")
-    if eos_token_id in spec.excluded_token_ids:
-        raise ValueError(f"spec: excludes eos_token_id {eos_token_id}, so no response could ever end")
+    if not stops:
+        raise ValueError("eos_token_id: expected a token id or a non-empty list of them, got []")
+    for stop in stops:
+        if stop in spec.excluded_token_ids:
+            raise ValueError(f"spec: excludes eos_token_id {stop}, so no response could end with it")
+
+
+def stop_ids(eos_token_id: int | list[int] | tuple[int, ...], device) -> torch.Tensor:
+    """The ids that end a response (one EOS, or an instruct model's several), as a tensor."""
+    ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
 
 
 def _cache_kwarg(model) -> str:
@@ -71,12 +81,13 @@ def _finish(prompt_ids, prompt_mask, tokens, logprobs, lengths, ended) -> tuple[
 
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: SamplingSpec, *,
-             max_new_tokens: int, eos_token_id: int, pad_token_id: int,
+             max_new_tokens: int, eos_token_id: int | list[int] | tuple[int, ...], pad_token_id: int,
              generator: torch.Generator | None = None) -> tuple[SequenceBatch, torch.Tensor]:
     """Sample one response per left-padded prompt from π = softmax(spec.apply(logits)), §6.
 
     Shapes: ``prompt_ids``, ``prompt_mask [B, P]`` → ``(batch [B, P + T], logprobs [B, T])``.
-    A row stops at its first EOS (kept, counted in the length, ``batch.eos`` True) or after
+    A row stops at its first EOS (kept, counted in the length, ``batch.eos`` True; ``eos_token_id``
+    may list several ids, e.g. an instruct model's end-of-turn token beside its EOS) or after
     ``max_new_tokens`` (``eos`` False); later positions hold ``pad_token_id``. The loop stops as
     soon as every row has ended. ``generator`` (on the model's device) seeds the draws
     (reproducible on CPU).
@@ -92,6 +103,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
     cache_name = _cache_kwarg(model)
 
     tokens, logprobs = [], []
+    eos_ids = stop_ids(eos_token_id, device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     for t in range(max_new_tokens):
@@ -99,7 +111,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
         token = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
         logprobs.append(logprobs_from_logits(z, token))
         tokens.append(torch.where(ended, pad_token_id, token))
-        stops = ~ended & (token == eos_token_id)
+        stops = ~ended & torch.isin(token, eos_ids)
         lengths = torch.where(stops, t + 1, lengths)
         ended |= stops
         if t == max_new_tokens - 1 or bool(ended.all()):
@@ -140,7 +152,8 @@ into ``model.generate`` unseen by the scoring pass, so ``hf_generate`` refuses s
 
 @torch.no_grad()
 def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: SamplingSpec, *,
-                max_new_tokens: int, eos_token_id: int, pad_token_id: int) -> tuple[SequenceBatch, torch.Tensor]:
+                max_new_tokens: int, eos_token_id: int | list[int] | tuple[int, ...], pad_token_id: int
+                ) -> tuple[SequenceBatch, torch.Tensor]:
     """``generate`` through ``model.generate``: the same distribution, the global RNG.
 
     An explicit ``GenerationConfig`` switches off every warper (``NEUTRAL_GENERATION``), a
@@ -154,7 +167,8 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     if leaks:
         raise ValueError(f"model: its generation_config sets {leaks}, which would change the sampled "
                          "distribution without being applied when scoring; unset them")
-    config = GenerationConfig(**NEUTRAL_GENERATION, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+    config = GenerationConfig(**NEUTRAL_GENERATION, max_new_tokens=max_new_tokens,
+                              eos_token_id=list(eos_token_id) if isinstance(eos_token_id, tuple) else eos_token_id,
                               pad_token_id=pad_token_id, output_scores=True, return_dict_in_generate=True)
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                          logits_processor=LogitsProcessorList([SpecLogitsProcessor(spec)]))
@@ -162,7 +176,7 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     tokens = out.sequences[:, P:]  # (B, T)
     scores = torch.stack(out.scores, 1).float()  # (B, T, V): spec.apply(logits), as sampled from
     logprobs = logprobs_from_logits(scores, tokens)  # (B, T); -inf after EOS where pad is excluded
-    is_eos = tokens == eos_token_id
+    is_eos = torch.isin(tokens, stop_ids(eos_token_id, tokens.device))
     ended = is_eos.any(1)
     lengths = torch.where(ended, is_eos.float().argmax(1) + 1, tokens.shape[1])
     tokens = torch.where(torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None], tokens, pad_token_id)

@@ -330,6 +330,28 @@ def test_chat_template_wraps_each_prompt_as_a_user_turn(tokenizer):
     assert result.history[0]["policy/ratio_error"] < 1e-5
 
 
+def test_stop_token_ids_end_responses_besides_eos(tokenizer):
+    """stop_token_ids: a frequent word also ends a response (kept, counted in the length, eos
+    True), so the same seed's first rollout has shorter responses and more of them end; the
+    ratio is still 1. Ids that are not token ids are errors naming the field."""
+    policy, ref, reward = _models(tokenizer)
+    config = RLHFConfig(**SMALL).replace(iterations=1)
+    plain = train(config, policy=copy.deepcopy(policy), ref_model=ref, reward_model=reward, tokenizer=tokenizer)
+    stop = tokenizer.convert_tokens_to_ids("the")
+    assert stop != tokenizer.unk_token_id
+    stopped = train(config.replace(stop_token_ids=(stop,)), policy=copy.deepcopy(policy), ref_model=ref,
+                    reward_model=reward, tokenizer=tokenizer)
+    a, b = plain.history[0], stopped.history[0]
+    assert b["response/eos_fraction"] > a["response/eos_fraction"]
+    assert b["response/length"] < a["response/length"]
+    assert b["policy/ratio_error"] < 1e-5
+    with pytest.raises(ValueError, match="^stop_token_ids: must be token ids"):
+        RLHFConfig(stop_token_ids=(-1,))
+    with pytest.raises(ValueError, match="^stop_token_ids: \\[100000\\] outside"):
+        train(config.replace(stop_token_ids=(100_000,)), policy=policy, ref_model=ref, reward_model=reward,
+              tokenizer=tokenizer)
+
+
 def test_empty_responses_are_an_error():
     batch = SequenceBatch.from_parts(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3),
                                      torch.zeros(2, 4, dtype=torch.long), torch.tensor([2, 0]))

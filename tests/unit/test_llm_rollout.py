@@ -23,7 +23,8 @@ def run(fn, model, tokenizer, spec, seed=0, max_new_tokens=10, **kw):
         kw["generator"] = torch.Generator().manual_seed(seed)
     else:
         torch.manual_seed(seed)  # model.generate draws from the global generator
-    return fn(model, ids, mask, spec, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+    eos = kw.pop("eos_token_id", tokenizer.eos_token_id)
+    return fn(model, ids, mask, spec, max_new_tokens=max_new_tokens, eos_token_id=eos,
               pad_token_id=tokenizer.pad_token_id, **kw)
 
 
@@ -188,3 +189,42 @@ def test_bf16_sampler_gives_float32_logprobs_close_to_the_scoring_pass(arch):
     assert logprobs.dtype == torch.float32
     gap = (logprobs - scored(model, batch, spec))[batch.response_mask].abs()
     assert gap.max() < 0.1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_several_stop_ids_end_a_response_at_the_first_of_them(arch):
+    """eos_token_id as a list (an instruct model's end-of-turn token beside its EOS): a row ends
+    at the first token in the list, kept and counted, eos True; until then the draws are the
+    single-EOS run's (same seed); both samplers agree and the log-probs equal the scoring pass."""
+    tokenizer = tiny_tokenizer(False)
+    model = tiny_model(arch)
+    spec = sampling_spec(tokenizer, 1.0)
+    plain, _ = run(generate, model, tokenizer, spec, seed=3, max_new_tokens=12)
+    real = plain.response_ids[plain.response_mask]
+    stop = int(torch.mode(real[real != tokenizer.eos_token_id]).values)  # a frequent token
+    stops = [tokenizer.eos_token_id, stop]
+    ours, lp = run(generate, model, tokenizer, spec, seed=3, max_new_tokens=12, eos_token_id=stops)
+    theirs, lp_theirs = run(hf_generate, model, tokenizer, spec, seed=3, max_new_tokens=12, eos_token_id=stops)
+    cut = 0
+    for b in range(len(ours)):
+        n, m = int(ours.response_lengths[b]), int(plain.response_lengths[b])
+        row = ours.response_ids[b, :n].tolist()
+        assert row == plain.response_ids[b, :n].tolist() and n <= m
+        assert not set(row[:-1]) & set(stops) and bool(ours.eos[b]) == (row[-1] in stops)
+        cut += n < m
+    assert cut > 0  # the second stop ended some rows early
+    torch.testing.assert_close(lp, scored(model, ours, spec), **TOL)
+    assert torch.equal(ours.input_ids, theirs.input_ids) and torch.equal(ours.eos, theirs.eos)
+    torch.testing.assert_close(lp, lp_theirs, **TOL)
+
+
+def test_a_stop_token_is_never_excluded_from_sampling():
+    """pad and bos are excluded from the sampling distribution unless they end a response."""
+    tokenizer = tiny_tokenizer(False)
+    assert tokenizer.pad_token_id in sampling_spec(tokenizer).excluded_token_ids
+    spec = sampling_spec(tokenizer, stop_token_ids=(tokenizer.pad_token_id,))
+    assert tokenizer.pad_token_id not in spec.excluded_token_ids
+    assert tokenizer.bos_token_id in spec.excluded_token_ids
+    with pytest.raises(ValueError, match="^spec: excludes eos_token_id"):
+        run(generate, tiny_model("gpt2"), tokenizer, sampling_spec(tokenizer),
+            eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id])
