@@ -612,11 +612,9 @@ def _encode_prompts(tokenizer, texts: list[str], chat_template: bool = False
     return left_pad(ids, tokenizer.pad_token_id)
 
 
-def _stops(tokenizer, config: RLHFConfig) -> int | list[int]:
+def _stops(tokenizer, config: RLHFConfig) -> list[int]:
     """The ids that end a response: the tokenizer's EOS, and ``stop_token_ids`` if any."""
-    if not config.stop_token_ids:
-        return tokenizer.eos_token_id
-    return sorted({tokenizer.eos_token_id, *config.stop_token_ids})
+    return [tokenizer.eos_token_id, *config.stop_token_ids]
 
 
 def _check_rollout(batch: SequenceBatch) -> None:

@@ -47,7 +47,7 @@ def _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_
         raise ValueError(f"spec: expected a SamplingSpec, got {type(spec).__name__}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-    stops = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    stops = stop_ids(eos_token_id)
     for name, value in [("eos_token_id", stop) for stop in stops] + [("pad_token_id", pad_token_id)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected a token id, got {value!r}")
@@ -58,10 +58,9 @@ def _check_args(model, prompt_ids, prompt_mask, spec, max_new_tokens, eos_token_
             raise ValueError(f"spec: excludes eos_token_id {stop}, so no response could end with it")
 
 
-def stop_ids(eos_token_id: int | list[int] | tuple[int, ...], device) -> torch.Tensor:
-    """The ids that end a response (one EOS, or an instruct model's several), as a tensor."""
-    ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
-    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
+def stop_ids(eos_token_id: int | list[int] | tuple[int, ...]) -> list[int]:
+    """The ids that end a response (one EOS, or an instruct model's several), as a list."""
+    return list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
 
 
 def _cache_kwarg(model) -> str:
@@ -103,7 +102,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec: S
     cache_name = _cache_kwarg(model)
 
     tokens, logprobs = [], []
-    eos_ids = stop_ids(eos_token_id, device)
+    eos_ids = torch.tensor(stop_ids(eos_token_id), device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     for t in range(max_new_tokens):
@@ -167,8 +166,8 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     if leaks:
         raise ValueError(f"model: its generation_config sets {leaks}, which would change the sampled "
                          "distribution without being applied when scoring; unset them")
-    config = GenerationConfig(**NEUTRAL_GENERATION, max_new_tokens=max_new_tokens,
-                              eos_token_id=list(eos_token_id) if isinstance(eos_token_id, tuple) else eos_token_id,
+    stops = stop_ids(eos_token_id)
+    config = GenerationConfig(**NEUTRAL_GENERATION, max_new_tokens=max_new_tokens, eos_token_id=stops,
                               pad_token_id=pad_token_id, output_scores=True, return_dict_in_generate=True)
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                          logits_processor=LogitsProcessorList([SpecLogitsProcessor(spec)]))
@@ -176,7 +175,7 @@ def hf_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, spec
     tokens = out.sequences[:, P:]  # (B, T)
     scores = torch.stack(out.scores, 1).float()  # (B, T, V): spec.apply(logits), as sampled from
     logprobs = logprobs_from_logits(scores, tokens)  # (B, T); -inf after EOS where pad is excluded
-    is_eos = torch.isin(tokens, stop_ids(eos_token_id, tokens.device))
+    is_eos = torch.isin(tokens, torch.tensor(stops, device=tokens.device))
     ended = is_eos.any(1)
     lengths = torch.where(ended, is_eos.float().argmax(1) + 1, tokens.shape[1])
     tokens = torch.where(torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None], tokens, pad_token_id)
